@@ -1,0 +1,88 @@
+"""Small ASGI helpers shared by the ingress and the replica servers.
+
+The data path is plain ASGI under uvicorn (httptools + uvloop): no web
+framework between the socket and the forwarding loop.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+from service.api.errors import JSON_CONTENT_TYPE, APIError, payload_too_large
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of a request header (``name`` lower-case)."""
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def request_id(scope: Scope) -> str:
+    """The client's ``x-request-id`` if it is sane, else a new one."""
+    given = header(scope, REQUEST_ID_HEADER.encode())
+    if given and _REQUEST_ID_OK.match(given):
+        return given
+    return uuid.uuid4().hex
+
+
+class Disconnected(Exception):
+    """The client went away while its body was being read."""
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """Read the whole request body, refusing more than ``limit`` bytes (413)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise Disconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise payload_too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def encode_headers(pairs: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
+
+
+async def send_bytes(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes = JSON_CONTENT_TYPE,
+    headers: Iterable[tuple[str, str]] = (),
+) -> None:
+    raw = [(b"content-type", content_type), *encode_headers(headers)]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_json(
+    send: Send, status: int, data: object, headers: Iterable[tuple[str, str]] = ()
+) -> None:
+    await send_bytes(send, status, json.dumps(data).encode(), headers=headers)
+
+
+async def send_error(send: Send, error: APIError, headers: Iterable[tuple[str, str]] = ()) -> None:
+    await send_bytes(
+        send, error.status, error.body(), headers=[*error.headers.items(), *headers]
+    )

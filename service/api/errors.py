@@ -1,0 +1,134 @@
+"""The one place where failures become OpenAI-shaped errors.
+
+Every error Paddock returns — from routing, the engine, the serving
+infrastructure or a stream that fails after its 200 — has the body
+``{"error": {"message", "type", "param", "code"}}`` and ``application/json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+JSON_CONTENT_TYPE = b"application/json"
+
+
+@dataclass
+class APIError(Exception):
+    """An error with its HTTP status and OpenAI error fields."""
+
+    status: int
+    message: str
+    type: str = "invalid_request_error"
+    code: str | None = None
+    param: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.code or self.type}: {self.message}"
+
+    def payload(self) -> dict[str, object]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def body(self) -> bytes:
+        return json.dumps(self.payload()).encode()
+
+    def sse_event(self) -> bytes:
+        """The in-band end of a stream that already sent its 200."""
+        return b"data: " + self.body() + b"\n\ndata: [DONE]\n\n"
+
+
+def invalid_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def model_not_found(model: str) -> APIError:
+    # Same words whether the model does not exist or the caller may not use it,
+    # and never a list of the models that do exist.
+    return APIError(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it.",
+        code="model_not_found",
+        param="model",
+    )
+
+
+def route_not_found(path: str) -> APIError:
+    return APIError(404, f"Unknown route: {path}", code="not_found")
+
+
+def method_not_allowed(method: str, path: str) -> APIError:
+    return APIError(405, f"Method {method} is not allowed on {path}", code="method_not_allowed")
+
+
+def payload_too_large(limit: int) -> APIError:
+    return APIError(413, f"Request body exceeds the limit of {limit} bytes", code="payload_too_large")
+
+
+def context_length_exceeded(message: str) -> APIError:
+    return APIError(400, message, code="context_length_exceeded", param="messages")
+
+
+def overloaded(message: str = "The service is overloaded; retry later.") -> APIError:
+    return APIError(503, message, type="server_error", code="overloaded", headers={"retry-after": "1"})
+
+
+def unavailable(message: str) -> APIError:
+    return APIError(503, message, type="server_error", code="service_unavailable", headers={"retry-after": "5"})
+
+
+def timeout(message: str = "The request timed out.") -> APIError:
+    return APIError(504, message, type="server_error", code="timeout")
+
+
+def internal(message: str = "Internal server error.") -> APIError:
+    return APIError(500, message, type="server_error", code="internal_error")
+
+
+_STATUS_TYPES = {
+    401: ("authentication_error", "invalid_api_key"),
+    403: ("permission_error", "forbidden"),
+    404: ("invalid_request_error", "not_found"),
+    408: ("server_error", "timeout"),
+    413: ("invalid_request_error", "payload_too_large"),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+    502: ("server_error", "bad_gateway"),
+    503: ("server_error", "service_unavailable"),
+    504: ("server_error", "timeout"),
+}
+
+
+def from_status(status: int, detail: str | None = None) -> APIError:
+    """Wrap a bare status (e.g. a proxy's text/plain error page) in OpenAI's shape."""
+    kind, code = _STATUS_TYPES.get(
+        status, ("invalid_request_error" if status < 500 else "server_error", None)
+    )
+    message = (detail or "").strip()[:500] or f"HTTP {status}"
+    return APIError(status, message, type=kind, code=code)
+
+
+def normalise_error_body(status: int, body: bytes) -> APIError:
+    """Turn any error body (vLLM's, a proxy's page) into an :class:`APIError`."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return from_status(status, body.decode("utf-8", "replace"))
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        detail = data.get("detail") if isinstance(data, dict) else None
+        return from_status(status, detail if isinstance(detail, str) else None)
+    fallback = from_status(status)
+    return APIError(
+        status,
+        str(error.get("message") or fallback.message),
+        type=str(error.get("type") or fallback.type),
+        code=error.get("code") if isinstance(error.get("code"), str) else fallback.code,
+        param=error.get("param") if isinstance(error.get("param"), str) else None,
+    )

