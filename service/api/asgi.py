@@ -6,6 +6,8 @@ framework between the socket and the forwarding loop.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 import uuid
@@ -86,3 +88,26 @@ async def send_error(send: Send, error: APIError, headers: Iterable[tuple[str, s
     await send_bytes(
         send, error.status, error.body(), headers=[*error.headers.items(), *headers]
     )
+
+
+async def wait_disconnect(receive: Receive) -> None:
+    """Return when the client has gone away (call after the body was read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_disconnect(work: Awaitable[Any], receive: Receive) -> Any:
+    """Await ``work``; if the client disconnects first, cancel it and raise :class:`Disconnected`."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(wait_disconnect(receive))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, watcher):
+            if not pending.done():
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pending
+    if task.cancelled():
+        raise Disconnected
+    return task.result()

@@ -9,6 +9,7 @@ current). This module knows nothing of Ray or vLLM.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -94,6 +95,10 @@ class IngressApp:
             await send_error(send, error, response_headers)
         except Disconnected:
             return
+        except Exception:  # noqa: BLE001 - a bug must still answer in OpenAI's shape
+            log.exception("unhandled error serving %s", scope.get("path"))
+            with contextlib.suppress(Exception):  # unless the response had already started
+                await send_error(send, errors.internal(), response_headers)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from service.api.asgi import Receive, Send, encode_headers
+from service.api.asgi import Receive, Send, encode_headers, wait_disconnect
 from service.api.errors import APIError, internal, normalise_error_body
 
 INTERNAL_TOKEN_HEADER = "x-paddock-internal-token"
@@ -106,11 +106,6 @@ async def _relay_body(response: aiohttp.ClientResponse, send: Send, sse: bool) -
     await send({"type": "http.response.body", "body": b""})
 
 
-async def _wait_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
 async def relay(
     response: aiohttp.ClientResponse,
     receive: Receive,
@@ -129,7 +124,7 @@ async def relay(
         }
     )
     body = asyncio.ensure_future(_relay_body(response, send, sse))
-    disconnect = asyncio.ensure_future(_wait_disconnect(receive))
+    disconnect = asyncio.ensure_future(wait_disconnect(receive))
     completed = False
     try:
         await asyncio.wait({body, disconnect}, return_when=asyncio.FIRST_COMPLETED)

@@ -33,4 +33,12 @@ class Settings(BaseSettings):
         default=None, ge=1, description="Logical CPUs for local Ray (default: enough for the config)."
     )
     ray_dashboard: bool = Field(default=False, description="Start the Ray dashboard (on 127.0.0.1).")
+    ray_temp_dir: Path | None = Field(default=None, description="Local Ray's session directory root.")
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    replica_host: str | None = Field(
+        default=None,
+        description="Address model replicas bind and announce; none = this node's Ray IP.",
+    )
+    internal_token: str | None = Field(
+        default=None, description="Shared ingress-to-replica token; none = random per deployment."
+    )

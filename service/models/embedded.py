@@ -116,6 +116,13 @@ def file_lock(lock_path: Path, progress: Progress) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _make_world_readable(folder: Path) -> None:
+    """Undo mkdtemp's 0700 so other users (e.g. a service account) can read it."""
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
 def _publish(staging: Path, target: Path) -> None:
     """Atomically move ``staging`` to ``target``, replacing a stale ``target``."""
     if not target.exists():
@@ -152,6 +159,7 @@ def prepare_converted(source: Path, target: Path, converter: Converter,
             if missing:
                 raise RuntimeError(f"conversion of {source} did not produce {missing}")
             (staging / MARKER_NAME).write_text(json.dumps(fingerprint), encoding="utf-8")
+            _make_world_readable(staging)
             _publish(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -166,7 +174,7 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path, progress: Progress) -> No
 
     folder, name = str(gguf_path.parent), gguf_path.name
     progress(f"converting {name}: tokenizer…")
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     if not tokenizer.chat_template:
         tokenizer.chat_template = _gguf_chat_template(gguf_path)
     progress(f"converting {name}: dequantizing weights to float32…")
@@ -174,9 +182,11 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path, progress: Progress) -> No
         folder, gguf_file=name, dtype=torch.float32, local_files_only=True,
         quantization_config=GgufConfig(dequantize=True),  # dense weights, even with `kernels`
     )
-    # The dense model still carries the GGUF quantizer, which refuses save_pretrained
-    # and would leave a gguf quantization_config in config.json for vLLM to trip on.
-    model.hf_quantizer.remove_quantization_config(model)
+    # A leftover GGUF quantizer refuses save_pretrained and would put a gguf
+    # quantization_config into config.json; the weights are dense by now.
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    tokenizer.model_max_length = model.config.max_position_embeddings
     progress(f"saving {name} as safetensors…")
     model.save_pretrained(out_dir)
     model.generation_config.save_pretrained(out_dir)

@@ -1,0 +1,119 @@
+"""A model replica's own HTTP server: the ingress forwards requests here.
+
+Plain ASGI around an :class:`~service.engine.base.Engine`. Only the ingress
+may call it (a shared internal token); it enforces the replica's concurrency
+limit, counts in-flight requests for autoscaling, and aborts the engine
+request when the caller disconnects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+
+from service.api import errors
+from service.api.asgi import (
+    REQUEST_ID_HEADER,
+    Disconnected,
+    Receive,
+    Scope,
+    Send,
+    header,
+    read_body,
+    request_id,
+    send_bytes,
+    send_error,
+    send_json,
+    until_disconnect,
+)
+from service.api.upstream import INTERNAL_TOKEN_HEADER
+from service.engine.base import OPERATIONS, CallContext, Engine, EngineDead, JSONResult, StreamResult
+
+log = logging.getLogger(__name__)
+SSE_CONTENT_TYPE = b"text/event-stream"
+
+
+class ReplicaApp:
+    """ASGI app serving one engine to the ingress."""
+
+    def __init__(self, engine: Engine, token: str, max_ongoing: int, max_body_bytes: int) -> None:
+        self._engine = engine
+        self._token = token.encode()
+        self._max_ongoing = max_ongoing
+        self._max_body_bytes = max_body_bytes
+        self.inflight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        rid = request_id(scope)
+        headers = [(REQUEST_ID_HEADER, rid)]
+        try:
+            given = (header(scope, INTERNAL_TOKEN_HEADER.encode()) or "").encode()
+            if not hmac.compare_digest(given, self._token):
+                raise errors.APIError(401, "Not an ingress of this service.", type="authentication_error", code="unauthorized")
+            await self._dispatch(scope, receive, send, rid, headers)
+        except errors.APIError as error:
+            await send_error(send, error, headers)
+        except Disconnected:
+            return
+        except Exception:  # noqa: BLE001 - a bug must still answer in OpenAI's shape
+            log.exception("unhandled error serving %s", scope.get("path"))
+            with contextlib.suppress(Exception):  # unless the response had already started
+                await send_error(send, errors.internal(), headers)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send, rid: str, headers: list[tuple[str, str]]) -> None:
+        path = scope["path"]
+        if path == "/internal/health":
+            try:
+                await self._engine.check_health()
+            except EngineDead as error:
+                raise errors.unavailable(f"engine dead: {error}") from None
+            status = {"status": "ok", "inflight": self.inflight, "engine": self._engine.status()}
+            await send_json(send, 200, status, headers)
+            return
+        operation = OPERATIONS.get(path)
+        if operation is None:
+            raise errors.route_not_found(path)
+        if scope["method"] != "POST":
+            raise errors.method_not_allowed(scope["method"], path)
+        if self.inflight >= self._max_ongoing:
+            raise errors.overloaded("This model replica is at its concurrency limit; retry later.")
+        self.inflight += 1
+        try:
+            await self._call(operation, scope, receive, send, rid, headers)
+        finally:
+            self.inflight -= 1
+
+    async def _call(self, operation, scope: Scope, receive: Receive, send: Send, rid: str, headers: list[tuple[str, str]]) -> None:  # type: ignore[no-untyped-def]
+        raw = await read_body(receive, self._max_body_bytes)
+        try:
+            body = json.loads(raw)
+        except ValueError as error:
+            raise errors.invalid_request(f"The request body is not valid JSON: {error}") from None
+        if not isinstance(body, dict):
+            raise errors.invalid_request("The request body must be a JSON object.")
+        ctx = CallContext(request_id=rid)
+        result = await until_disconnect(self._engine.call(operation, body, ctx), receive)
+        if isinstance(result, JSONResult):
+            await send_bytes(send, result.status, result.body, headers=headers)
+        elif isinstance(result, StreamResult):
+            await self._stream(result, receive, send, headers)
+
+    async def _stream(self, result: StreamResult, receive: Receive, send: Send, headers: list[tuple[str, str]]) -> None:
+        start = {"type": "http.response.start", "status": result.status, "headers": [(b"content-type", SSE_CONTENT_TYPE), *[(k.encode(), v.encode()) for k, v in [*headers, *result.headers.items()]]]}
+        await send(start)
+
+        async def pump() -> None:
+            async for chunk in result.events:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+
+        try:
+            await until_disconnect(pump(), receive)
+        finally:
+            aclose = getattr(result.events, "aclose", None)
+            if aclose is not None:
+                await aclose()  # closes vLLM's generator: the engine aborts the request

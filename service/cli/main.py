@@ -1,0 +1,84 @@
+"""The ``paddock`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from service.config.loader import ConfigError, default_config_text, load_config
+from service.config.schema import ServiceConfig
+from service.config.settings import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {k: v for k, v in {"config": args.config, "host": getattr(args, "host", None), "port": getattr(args, "port", None)}.items() if v is not None}
+    return Settings(**overrides)
+
+
+def _config(settings: Settings) -> ServiceConfig:
+    config = load_config(settings.config)
+    ingress = config.ingress.model_copy(
+        update={k: v for k, v in {"host": settings.host, "port": settings.port}.items() if v is not None}
+    )
+    return config.model_copy(update={"ingress": ingress})
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from service.serve.local import serve_forever
+
+    settings = _settings(args)
+    serve_forever(_config(settings), settings)
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from service.models.sources import resolve
+
+    settings = _settings(args)
+    for model in _config(settings).models:
+        path = resolve(model, settings.cache_dir, lambda msg, m=model.id: print(f"[{m}] {msg}", flush=True))
+        print(f"[{model.id}] ready: {path}", flush=True)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.action == "default":
+        print(default_config_text(), end="")
+        return 0
+    config = load_config(args.file)
+    print(f"{args.file}: valid — models: {', '.join(m.id for m in config.models)}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="paddock", description="Governed OpenAI-compatible inference on Ray Serve + vLLM.")
+    sub = root.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the service (local Ray unless PADDOCK_RAY_ADDRESS is set)")
+    prepare = sub.add_parser("prepare", help="prepare every configured model into the cache")
+    for command in (serve, prepare):
+        command.add_argument("--config", type=Path, help="service config YAML (default: embedded models)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=cmd_serve)
+    prepare.set_defaults(func=cmd_prepare)
+    config = sub.add_parser("config", help="validate a config file or print the default one")
+    config.add_argument("action", choices=["validate", "default"])
+    config.add_argument("file", type=Path, nargs="?")
+    config.set_defaults(func=cmd_config)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except ConfigError as error:
+        print(f"paddock: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""The engine seam: what the layers above need from an inference engine.
+
+The vLLM adapter (``vllm_engine.py``) is the only module that imports vLLM;
+``fake.py`` implements the same interface for fast unit tests of the layers
+above. An engine answers OpenAI API calls with already-encoded bodies, so the
+HTTP layer never re-serialises what the engine produced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Operation = Literal["chat", "completions", "responses", "embeddings"]
+
+OPERATIONS: dict[str, Operation] = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/responses": "responses",
+    "/v1/embeddings": "embeddings",
+}
+
+
+@dataclass
+class JSONResult:
+    """A complete JSON response (success or OpenAI-shaped error)."""
+
+    status: int
+    body: bytes
+
+
+@dataclass
+class StreamResult:
+    """A server-sent-event stream; each item is one or more complete events."""
+
+    events: AsyncIterator[bytes]
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Result = JSONResult | StreamResult
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """What the engine may know about the caller of one request."""
+
+    request_id: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class EngineDead(Exception):
+    """The engine can no longer serve; the replica must be replaced."""
+
+
+class Engine(Protocol):
+    """One model's engine inside one replica."""
+
+    model_id: str
+
+    async def start(self) -> None:
+        """Load the model; return when it can serve."""
+
+    async def call(self, operation: Operation, body: dict[str, object], ctx: CallContext) -> Result:
+        """Serve one OpenAI API call; errors come back as OpenAI-shaped JSON results."""
+
+    def status(self) -> dict[str, object]:
+        """Cheap engine state for health and status routes (e.g. unfinished requests)."""
+
+    async def check_health(self) -> None:
+        """Raise :class:`EngineDead` if the engine cannot serve any more."""
+
+    async def shutdown(self) -> None:
+        """Stop the engine and every process it started."""

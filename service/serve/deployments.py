@@ -1,0 +1,159 @@
+"""The Ray Serve deployments: one per model, the registry, and the ingress.
+
+Every model replica wraps a vLLM engine and serves it on its own HTTP port;
+the ingress replicas own the public port and route to them by the body's
+``model`` field. Ray Serve places, scales, health-checks and replaces the
+replicas; no request or token passes through a Ray RPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import ray
+from ray import serve
+
+from service.api.ingress import IngressApp
+from service.api.replica import ReplicaApp
+from service.api.upstream import Upstream
+from service.config.schema import ModelConfig, ServiceConfig
+from service.config.settings import Settings
+from service.models.sources import resolve
+from service.serve import http
+from service.serve.autoscaling import INFLIGHT_METRIC
+from service.serve.registry import HEARTBEAT_INTERVAL_S, RegistryDirectory, RegistryState
+
+log = logging.getLogger(__name__)
+
+
+def _configure_logging() -> None:
+    """Paddock's loggers write INFO and above to stderr in every replica process."""
+    root = logging.getLogger("service")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        root.propagate = False
+
+
+@serve.deployment(
+    num_replicas=1,
+    ray_actor_options={"num_cpus": 0},
+    max_ongoing_requests=10_000,
+    logging_config={"enable_access_log": False},
+)
+class Registry:
+    """Which replica of which model listens where (see ``registry.py``)."""
+
+    def __init__(self) -> None:
+        self._state = RegistryState()
+
+    def heartbeat(self, model_id: str, replica_id: str, url: str) -> None:
+        from service.serve.registry import Announcement
+
+        self._state.heartbeat(Announcement(model_id, replica_id, url))
+
+    def remove(self, replica_id: str) -> None:
+        self._state.remove(replica_id)
+
+    def snapshot(self) -> dict[str, Any]:
+        return self._state.snapshot()
+
+
+@serve.deployment
+class ModelServer:
+    """One replica of one model: a vLLM engine behind its own HTTP server."""
+
+    async def __init__(self, model: dict[str, Any], token: str, registry: Any, max_body_bytes: int) -> None:
+        from service.engine.vllm_engine import VLLMEngine  # only model replicas load vLLM
+
+        _configure_logging()
+        settings = Settings()
+        self._model = ModelConfig.model_validate(model)
+        self._registry = registry
+        self._replica_id = serve.get_replica_context().replica_id.unique_id
+        started = time.monotonic()
+        path = await asyncio.to_thread(resolve, self._model, settings.cache_dir, log.info)
+        self._engine = VLLMEngine(self._model, path)
+        await self._engine.start()
+        self._app = ReplicaApp(self._engine, token, self._model.max_ongoing_requests, max_body_bytes)
+        host = settings.replica_host or ray.util.get_node_ip_address()
+        sock = http.bind(host, 0)
+        self._server, self._task = await http.start(self._app, sock)
+        self._url = f"http://{host}:{sock.getsockname()[1]}"
+        await self._announce()
+        self._heartbeat = asyncio.create_task(self._heartbeat_forever())
+        log.info("model %s replica %s ready at %s in %.1fs", self._model.id, self._replica_id, self._url, time.monotonic() - started)
+
+    async def _announce(self) -> None:
+        await self._registry.heartbeat.remote(self._model.id, self._replica_id, self._url)
+
+    async def _heartbeat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+            try:
+                await self._announce()
+            except Exception as error:  # noqa: BLE001 - the registry may be restarting
+                log.warning("heartbeat to registry failed: %s", error)
+
+    async def wait_ready(self) -> str:
+        """Called through the handle to scale up from zero; returns this replica's URL."""
+        return self._url
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        return {INFLIGHT_METRIC: float(self._app.inflight)}
+
+    async def check_health(self) -> None:
+        if self._task.done():
+            raise RuntimeError("the replica's HTTP server stopped")
+        await self._engine.check_health()
+
+    async def __del__(self) -> None:
+        self._heartbeat.cancel()
+        try:
+            await self._registry.remove.remote(self._replica_id)
+        except Exception as error:  # noqa: BLE001 - best effort: the entry expires anyway
+            log.warning("deregistering failed: %s", error)
+        await _drain(lambda: self._app.inflight, 30.0)
+        await http.stop(self._server, self._task)
+        await self._engine.shutdown()
+
+
+@serve.deployment
+class Ingress:
+    """The public OpenAI endpoint of the service (one per node or more, sharing the port)."""
+
+    async def __init__(self, config: dict[str, Any], token: str, registry: Any, models: dict[str, Any]) -> None:
+        _configure_logging()
+        self._config = ServiceConfig.model_validate(config)
+        self._directory = RegistryDirectory(registry, models)
+        try:
+            await self._directory.refresh()
+        except Exception as error:  # noqa: BLE001 - /ready says so until the registry answers
+            log.warning("registry not reachable yet: %s", error)
+        self._directory.start()
+        self._app = IngressApp(self._config, self._directory, Upstream(token))
+        ingress = self._config.ingress
+        sock = http.bind(ingress.host, ingress.port, reuse_port=True)
+        self._server, self._task = await http.start(self._app, sock, lifespan="on")
+        log.info("Paddock ingress listening on http://%s:%d", ingress.host, ingress.port)
+
+    async def check_health(self) -> None:
+        if self._task.done():
+            raise RuntimeError("the ingress HTTP server stopped")
+
+    async def __del__(self) -> None:
+        self._app.draining = True
+        await _drain(lambda: self._app.inflight, self._config.ingress.drain_timeout_s)
+        await http.stop(self._server, self._task)
+        await self._directory.stop()
+
+
+async def _drain(inflight: Any, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while inflight() > 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)

@@ -1,0 +1,104 @@
+"""``paddock serve``: local Ray (or an existing cluster), the Serve app, and a clean stop."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+
+from service.config.schema import ServiceConfig
+from service.config.settings import Settings
+
+log = logging.getLogger(__name__)
+APP_NAME = "paddock"
+
+
+def logical_cpus(config: ServiceConfig) -> int:
+    """Enough logical CPUs for every replica the config may start (Ray waits forever otherwise)."""
+    needed = config.ingress.cpus * config.ingress.replicas
+    needed += sum(m.resources.cpus * m.autoscaling.max_replicas for m in config.models)
+    return max(math.ceil(needed), os.cpu_count() or 1)
+
+
+def start_ray(config: ServiceConfig, settings: Settings) -> None:
+    import ray
+
+    env = {"PADDOCK_CACHE_DIR": str(settings.cache_dir.resolve())}
+    if settings.ray_address is None:
+        env["PADDOCK_REPLICA_HOST"] = settings.replica_host or "127.0.0.1"
+    if settings.internal_token:
+        env["PADDOCK_INTERNAL_TOKEN"] = settings.internal_token
+    os.environ.update(env)  # local Ray workers inherit the driver's environment
+    ray.init(
+        address=settings.ray_address,
+        num_cpus=None if settings.ray_address else settings.ray_num_cpus or logical_cpus(config),
+        include_dashboard=settings.ray_dashboard,
+        dashboard_host="127.0.0.1",
+        runtime_env={"env_vars": env},
+        _temp_dir=str(settings.ray_temp_dir) if settings.ray_temp_dir and not settings.ray_address else None,
+        log_to_driver=True,
+    )
+
+
+def wait_ready(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/ready", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url}/ready did not answer 200 within {timeout_s:.0f}s")
+
+
+def deploy(config: ServiceConfig, settings: Settings, timeout_s: float = 900.0) -> str:
+    """Start Ray and the app; return the base URL once the ingress is ready."""
+    from ray import serve
+
+    from service.serve.builder import build_app
+
+    start_ray(config, settings)
+    serve.start(proxy_location="Disabled", http_options={"host": "127.0.0.1"})
+    serve.run(build_app(config, settings), name=APP_NAME, route_prefix=None, blocking=False)
+    url = f"http://{config.ingress.host}:{config.ingress.port}"
+    wait_ready(url, timeout_s)
+    return url
+
+
+def shutdown() -> None:
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+
+def models_summary(url: str) -> str:
+    with urllib.request.urlopen(url + "/v1/models", timeout=5) as response:
+        data = json.load(response)["data"]
+    return ", ".join(f"{m['id']} ({m['task']}, {m['status']['state']})" for m in data)
+
+
+def serve_forever(config: ServiceConfig, settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM, then stop every process that was started."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        url = deploy(config, settings)
+        print(f"Paddock is serving on {url}/v1 — models: {models_summary(url)}", flush=True)
+        stop.wait()
+        print("stopping Paddock…", flush=True)
+    finally:
+        shutdown()

@@ -1,0 +1,141 @@
+"""Which replica of which model listens where.
+
+Model replicas run their own HTTP servers; they announce themselves to the
+:class:`Registry` deployment with a heartbeat, and every ingress replica keeps
+a local :class:`RegistryDirectory` copy of the table, refreshed in the
+background, so that routing a request costs no Ray call. A replica that stops
+heartbeating drops out after ``ttl_s``; an ingress that cannot reach a replica
+stops using it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from service.api.upstream import Endpoint
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_INTERVAL_S = 1.0
+ENTRY_TTL_S = 5.0
+
+
+@dataclass(frozen=True)
+class Announcement:
+    model_id: str
+    replica_id: str
+    url: str
+
+
+class RegistryState:
+    """The registry's table (plain Python; the deployment wraps it)."""
+
+    def __init__(self, ttl_s: float = ENTRY_TTL_S) -> None:
+        self._ttl_s = ttl_s
+        self._entries: dict[str, tuple[Announcement, float]] = {}
+        self._version = 0
+
+    def heartbeat(self, announcement: Announcement, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        known = self._entries.get(announcement.replica_id)
+        if known is None or known[0] != announcement:
+            self._version += 1
+        self._entries[announcement.replica_id] = (announcement, now)
+
+    def remove(self, replica_id: str) -> None:
+        if self._entries.pop(replica_id, None) is not None:
+            self._version += 1
+
+    def snapshot(self, now: float | None = None) -> dict[str, Any]:
+        now = time.monotonic() if now is None else now
+        expired = [rid for rid, (_, seen) in self._entries.items() if now - seen > self._ttl_s]
+        for replica_id in expired:
+            self.remove(replica_id)
+        table: dict[str, list[dict[str, str]]] = {}
+        for announcement, _ in self._entries.values():
+            table.setdefault(announcement.model_id, []).append(
+                {"replica_id": announcement.replica_id, "url": announcement.url}
+            )
+        return {"version": self._version, "models": table}
+
+
+class RegistryDirectory:
+    """An ingress's local view of the registry (implements ``api.ingress.Directory``)."""
+
+    def __init__(self, registry: Any, model_handles: dict[str, Any], poll_s: float = 0.5) -> None:
+        self._registry = registry
+        self._model_handles = model_handles
+        self._poll_s = poll_s
+        self._table: dict[str, list[Endpoint]] = {}
+        self._version = -1
+        self._task: asyncio.Task[None] | None = None
+        self._excluded: dict[str, float] = {}
+        self.ready = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._poll_forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def endpoints(self, model_id: str) -> Sequence[Endpoint]:
+        endpoints = self._table.get(model_id, ())
+        if not self._excluded:
+            return endpoints
+        now = time.monotonic()
+        return [e for e in endpoints if self._excluded.get(e.replica_id, 0.0) <= now]
+
+    def report_unreachable(self, model_id: str, endpoint: Endpoint) -> None:
+        """Skip a replica this ingress could not reach until the registry has had time to expire it."""
+        self._excluded[endpoint.replica_id] = time.monotonic() + ENTRY_TTL_S
+
+    async def wake(self, model_id: str, timeout_s: float) -> Sequence[Endpoint]:
+        """Ask Ray Serve for a replica (scaling from zero) and wait until it is announced."""
+        handle = self._model_handles[model_id]
+        deadline = time.monotonic() + timeout_s
+        try:
+            await asyncio.wait_for(handle.wait_ready.remote(), timeout_s)
+        except Exception as error:  # noqa: BLE001 - any failure means "no replica yet"
+            log.warning("waking %s failed: %s", model_id, error)
+            return ()
+        while not self.endpoints(model_id) and time.monotonic() < deadline:
+            await self.refresh()
+            if not self.endpoints(model_id):
+                await asyncio.sleep(0.05)
+        return self.endpoints(model_id)
+
+    async def refresh(self) -> None:
+        snapshot = await self._registry.snapshot.remote()
+        self.ready = True
+        if snapshot["version"] == self._version:
+            return
+        old = {e.replica_id: e for endpoints in self._table.values() for e in endpoints}
+        table: dict[str, list[Endpoint]] = {}
+        for model_id, entries in snapshot["models"].items():
+            table[model_id] = [
+                old.get(entry["replica_id"]) or Endpoint(url=entry["url"], replica_id=entry["replica_id"])
+                for entry in entries
+            ]
+        self._table = table
+        self._version = snapshot["version"]
+        now = time.monotonic()
+        self._excluded = {rid: until for rid, until in self._excluded.items() if until > now}
+
+    async def _poll_forever(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - keep serving the last table
+                log.warning("registry refresh failed: %s", error)
+            await asyncio.sleep(self._poll_s)

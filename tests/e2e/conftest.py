@@ -1,0 +1,147 @@
+"""One real Paddock stack (Ray Serve + vLLM CPU + SmolLM2 + MiniLM) shared by every e2e test.
+
+It is started with the real CLI (``paddock serve``) in its own process group
+and stopped at the end of the session: SIGINT (Paddock shuts Serve and Ray
+down), then SIGKILL for anything left in the group or in its Ray directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from openai import OpenAI
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = Path(__file__).with_name("paddock-e2e.yaml")
+START_TIMEOUT_S = 900
+INTERNAL_TOKEN = "e2e-internal-token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Stack:
+    base_url: str
+    process: subprocess.Popen[str]
+    ray_dir: Path
+    log: list[str] = field(default_factory=list)
+
+    def client(self, **kw: object) -> OpenAI:
+        return OpenAI(base_url=self.base_url + "/v1", api_key="unused", max_retries=0, **kw)  # type: ignore[arg-type]
+
+    def replica_urls(self, model_id: str) -> list[str]:
+        pattern = re.compile(rf"model {re.escape(model_id)} replica \S+ ready at (http://\S+) in")
+        return [m.group(1) for line in list(self.log) for m in [pattern.search(line)] if m]
+
+    def replica_status(self, url: str) -> dict[str, object]:
+        import json
+
+        request = urllib.request.Request(url + "/internal/health", headers={"x-paddock-internal-token": INTERNAL_TOKEN})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.load(response)
+
+
+def _pump(process: subprocess.Popen[str], log: list[str]) -> None:
+    assert process.stdout is not None
+    for line in process.stdout:
+        log.append(line)
+        sys.stderr.write(line) if os.environ.get("PADDOCK_E2E_VERBOSE") else None
+
+
+def _wait_ready(stack: Stack) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if stack.process.poll() is not None:
+            raise RuntimeError("paddock serve exited:\n" + "".join(stack.log[-60:]))
+        if any("Paddock is serving on" in line for line in stack.log):
+            return
+        time.sleep(0.5)
+    raise TimeoutError("paddock serve did not become ready:\n" + "".join(stack.log[-60:]))
+
+
+def _stop(stack: Stack) -> None:
+    process = stack.process
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            pass
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        time.sleep(2)
+    _kill_strays(stack.ray_dir)
+    shutil.rmtree(stack.ray_dir, ignore_errors=True)
+
+
+def _kill_strays(ray_dir: Path) -> None:
+    """Ray daemons that left the process group still name their session directory."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(ray_dir) in cmdline:
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    port = free_port()
+    ray_dir = Path(tempfile.mkdtemp(prefix="pd-ray-", dir="/tmp"))
+    env = {
+        **os.environ,
+        "PADDOCK_PORT": str(port),
+        "PADDOCK_RAY_TEMP_DIR": str(ray_dir),
+        "PADDOCK_INTERNAL_TOKEN": INTERNAL_TOKEN,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    process = subprocess.Popen(
+        [str(ROOT / ".venv/bin/paddock"), "serve", "--config", str(CONFIG)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    stack = Stack(base_url=f"http://127.0.0.1:{port}", process=process, ray_dir=ray_dir)
+    threading.Thread(target=_pump, args=(process, stack.log), daemon=True).start()
+    try:
+        _wait_ready(stack)
+        yield stack
+    finally:
+        _stop(stack)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
