@@ -26,7 +26,7 @@ test-e2e: install
 	$(PY) -m pytest -q -m e2e
 
 bench: prepare
-	$(PY) -m service.bench $(BENCH_ARGS)
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache bench-results

