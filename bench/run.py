@@ -26,23 +26,58 @@ from service.models.sources import resolve
 METRICS = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms")
 
 
-def bench_once(server: Server, model: str, tokenizer: Path, c: int, prompts: int, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+def bench_once(
+    server: Server, model: str, tokenizer: Path, c: int, prompts: int, seed: int, args: argparse.Namespace, out: Path
+) -> dict[str, Any]:
     argv = [
-        sys.executable, "-m", "bench.vllm_cli", "bench", "serve",
-        "--backend", "openai", "--endpoint", "/v1/completions",
-        "--base-url", server.base_url, "--model", model, "--tokenizer", str(tokenizer),
-        "--dataset-name", "random", "--random-input-len", str(args.input_len),
-        "--random-output-len", str(args.output_len), "--ignore-eos",
-        "--num-prompts", str(prompts), "--max-concurrency", str(c), "--seed", str(seed),
-        "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
-        "--save-result", "--result-dir", str(out.parent), "--result-filename", out.name,
+        sys.executable,
+        "-m",
+        "bench.vllm_cli",
+        "bench",
+        "serve",
+        "--backend",
+        "openai",
+        "--endpoint",
+        "/v1/completions",
+        "--base-url",
+        server.base_url,
+        "--model",
+        model,
+        "--tokenizer",
+        str(tokenizer),
+        "--dataset-name",
+        "random",
+        "--random-input-len",
+        str(args.input_len),
+        "--random-output-len",
+        str(args.output_len),
+        "--ignore-eos",
+        "--num-prompts",
+        str(prompts),
+        "--max-concurrency",
+        str(c),
+        "--seed",
+        str(seed),
+        "--percentile-metrics",
+        "ttft,tpot,itl,e2el",
+        "--metric-percentiles",
+        "50,99",
+        "--save-result",
+        "--result-dir",
+        str(out.parent),
+        "--result-filename",
+        out.name,
     ]
     with (out.parent / "bench-client.log").open("ab") as log:
-        subprocess.run(argv, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=log, stderr=subprocess.STDOUT, check=True)
+        subprocess.run(
+            argv, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=log, stderr=subprocess.STDOUT, check=True
+        )
     result = json.loads(out.read_text())
     expected = prompts * args.output_len
     if result["completed"] != prompts or result["total_output_tokens"] != expected:
-        raise RuntimeError(f"{server.name} c={c}: {result['completed']}/{prompts} completed, {result['total_output_tokens']}/{expected} tokens")
+        raise RuntimeError(
+            f"{server.name} c={c}: {result['completed']}/{prompts} completed, {result['total_output_tokens']}/{expected} tokens"
+        )
     return result
 
 
@@ -63,8 +98,12 @@ def summarise(runs: list[dict[str, Any]], concurrencies: list[int]) -> dict[str,
             raw = [r["raw"][metric] for r in rounds]
             pad = [r["paddock"][metric] for r in rounds]
             entry[metric] = {"raw": spread(raw), "paddock": spread(pad)}
-        entry["throughput_ratio"] = spread([r["paddock"]["output_throughput"] / r["raw"]["output_throughput"] for r in rounds])
-        entry["ttft_p50_delta_ms"] = spread([r["paddock"]["median_ttft_ms"] - r["raw"]["median_ttft_ms"] for r in rounds])
+        entry["throughput_ratio"] = spread(
+            [r["paddock"]["output_throughput"] / r["raw"]["output_throughput"] for r in rounds]
+        )
+        entry["ttft_p50_delta_ms"] = spread(
+            [r["paddock"]["median_ttft_ms"] - r["raw"]["median_ttft_ms"] for r in rounds]
+        )
         entry["tpot_p50_ratio"] = spread([r["paddock"]["median_tpot_ms"] / r["raw"]["median_tpot_ms"] for r in rounds])
         summary[str(c)] = entry
     return summary
@@ -86,16 +125,20 @@ def table(summary: dict[str, Any]) -> str:
             ("TPOT p50 ms", "median_tpot_ms", fmt(entry["tpot_p50_ratio"], 3) + "×"),
         ]
         for label, metric, versus in rows:
-            lines.append(f"| {c} | {label} | {fmt(entry[metric]['raw'])} | {fmt(entry[metric]['paddock'])} | {versus} |")
+            lines.append(
+                f"| {c} | {label} | {fmt(entry[metric]['raw'])} | {fmt(entry[metric]['paddock'])} | {versus} |"
+            )
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", type=Path, default=None, help="Paddock config (default: the embedded two-model default)")
+    parser.add_argument(
+        "--config", type=Path, default=None, help="Paddock config (default: the embedded two-model default)"
+    )
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
-    parser.add_argument("--prompts-per-stream", type=int, default=8, help="requests per concurrent stream")
+    parser.add_argument("--prompts-per-stream", type=int, default=4, help="requests per concurrent stream")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--input-len", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=64)
@@ -107,7 +150,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def measure(args: argparse.Namespace, raw: Server, paddock: Server, tokenizer: Path) -> list[dict[str, Any]]:
     runs = []
     for target in (raw, paddock):  # warm both up (first requests compile and allocate)
-        bench_once(target, args.model, tokenizer, 4, 8, args.seed - 1, args, args.out / f"warmup-{target.name.split()[-1]}.json")
+        bench_once(
+            target,
+            args.model,
+            tokenizer,
+            4,
+            8,
+            args.seed - 1,
+            args,
+            args.out / f"warmup-{target.name.split()[-1]}.json",
+        )
     for round_ in range(args.rounds):
         for c in args.concurrency:
             order = [("raw", raw), ("paddock", paddock)]
@@ -116,8 +168,18 @@ def measure(args: argparse.Namespace, raw: Server, paddock: Server, tokenizer: P
                 prompts = max(c * args.prompts_per_stream, 8)
                 out = args.out / f"r{round_}-c{c}-{label}.json"
                 result = bench_once(server, args.model, tokenizer, c, prompts, args.seed + round_, args, out)
-                runs.append({"round": round_, "concurrency": c, "target": label, "result": {k: result[k] for k in (*METRICS, "total_output_tokens", "completed")}})
-                print(f"round {round_} c={c:<3} {label:<8} {result['output_throughput']:8.1f} tok/s  TTFT p50 {result['median_ttft_ms']:7.2f} ms  TPOT p50 {result['median_tpot_ms']:6.2f} ms", flush=True)
+                runs.append(
+                    {
+                        "round": round_,
+                        "concurrency": c,
+                        "target": label,
+                        "result": {k: result[k] for k in (*METRICS, "total_output_tokens", "completed")},
+                    }
+                )
+                print(
+                    f"round {round_} c={c:<3} {label:<8} {result['output_throughput']:8.1f} tok/s  TTFT p50 {result['median_ttft_ms']:7.2f} ms  TPOT p50 {result['median_tpot_ms']:6.2f} ms",
+                    flush=True,
+                )
     return runs
 
 
@@ -146,9 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "command": "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
-        "model": model.id, "paddock_models": [m.id for m in config.models],
-        "input_len": args.input_len, "output_len": args.output_len, "rounds": args.rounds,
-        "runs": runs, "summary": summary,
+        "model": model.id,
+        "paddock_models": [m.id for m in config.models],
+        "input_len": args.input_len,
+        "output_len": args.output_len,
+        "rounds": args.rounds,
+        "runs": runs,
+        "summary": summary,
     }
     (args.out / "summary.json").write_text(json.dumps(report, indent=2))
     print("\n" + table(summary))

@@ -49,7 +49,9 @@ class Server:
 def _spawn(name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> tuple[subprocess.Popen[bytes], Path]:
     log_path = log_dir / f"{name}.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     return process, log_path
 
 
@@ -72,8 +74,10 @@ def raw_vllm_args(model: ModelConfig, path: Path) -> list[str]:
     """``vllm serve`` flags with the same engine settings Paddock's adapter uses."""
     args = [
         str(path),
-        "--served-model-name", *model.names,
-        "--dtype", model.dtype,
+        "--served-model-name",
+        *model.names,
+        "--dtype",
+        model.dtype,
         "--enforce-eager",
     ]
     if model.max_model_len:
@@ -89,7 +93,17 @@ def raw_vllm_args(model: ModelConfig, path: Path) -> list[str]:
 
 def start_raw_vllm(model: ModelConfig, path: Path, log_dir: Path) -> Server:
     port = free_port()
-    argv = [sys.executable, "-m", "bench.vllm_cli", "serve", *raw_vllm_args(model, path), "--host", "127.0.0.1", "--port", str(port)]
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.vllm_cli",
+        "serve",
+        *raw_vllm_args(model, path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     process, log_path = _spawn("raw-vllm", argv, {**os.environ, "HF_HUB_OFFLINE": "1"}, log_dir)
     server = Server("raw vLLM", f"http://127.0.0.1:{port}", process, log_path)
     wait_http(server, "/health")

@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+.venv/bin/ruff check service tests bench
+.venv/bin/ruff format --check --quiet service tests bench
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

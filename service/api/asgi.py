@@ -9,17 +9,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from service.api.errors import JSON_CONTENT_TYPE, APIError, payload_too_large
+from service.api.errors import JSON_CONTENT_TYPE, APIError, internal, payload_too_large
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
@@ -78,16 +81,12 @@ async def send_bytes(
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_json(
-    send: Send, status: int, data: object, headers: Iterable[tuple[str, str]] = ()
-) -> None:
+async def send_json(send: Send, status: int, data: object, headers: Iterable[tuple[str, str]] = ()) -> None:
     await send_bytes(send, status, json.dumps(data).encode(), headers=headers)
 
 
 async def send_error(send: Send, error: APIError, headers: Iterable[tuple[str, str]] = ()) -> None:
-    await send_bytes(
-        send, error.status, error.body(), headers=[*error.headers.items(), *headers]
-    )
+    await send_bytes(send, error.status, error.body(), headers=[*error.headers.items(), *headers])
 
 
 async def wait_disconnect(receive: Receive) -> None:
@@ -111,3 +110,17 @@ async def until_disconnect(work: Awaitable[Any], receive: Receive) -> Any:
     if task.cancelled():
         raise Disconnected
     return task.result()
+
+
+async def answer_errors(work: Awaitable[None], send: Send, headers: list[tuple[str, str]]) -> None:
+    """Run a request handler; any failure before the response started becomes an OpenAI error."""
+    try:
+        await work
+    except APIError as error:
+        await send_error(send, error, headers)
+    except Disconnected:
+        return
+    except Exception:  # noqa: BLE001 - a bug must still answer in OpenAI's shape
+        log.exception("unhandled error while serving a request")
+        with contextlib.suppress(Exception):  # unless the response had already started
+            await send_error(send, internal(), headers)

@@ -107,9 +107,7 @@ _STATUS_TYPES = {
 
 def from_status(status: int, detail: str | None = None) -> APIError:
     """Wrap a bare status (e.g. a proxy's text/plain error page) in OpenAI's shape."""
-    kind, code = _STATUS_TYPES.get(
-        status, ("invalid_request_error" if status < 500 else "server_error", None)
-    )
+    kind, code = _STATUS_TYPES.get(status, ("invalid_request_error" if status < 500 else "server_error", None))
     message = (detail or "").strip()[:500] or f"HTTP {status}"
     return APIError(status, message, type=kind, code=code)
 

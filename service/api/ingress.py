@@ -9,7 +9,6 @@ current). This module knows nothing of Ray or vLLM.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -20,14 +19,13 @@ from typing import Protocol
 from service.api import errors
 from service.api.asgi import (
     REQUEST_ID_HEADER,
-    Disconnected,
     Receive,
     Scope,
     Send,
+    answer_errors,
     header,
     read_body,
     request_id,
-    send_error,
     send_json,
 )
 from service.api.upstream import FORWARDED_HEADERS, Endpoint, Upstream, UpstreamUnreachable, read_error, relay
@@ -89,16 +87,7 @@ class IngressApp:
             return
         rid = request_id(scope)
         response_headers = [(REQUEST_ID_HEADER, rid)]
-        try:
-            await self._dispatch(scope, receive, send, rid, response_headers)
-        except errors.APIError as error:
-            await send_error(send, error, response_headers)
-        except Disconnected:
-            return
-        except Exception:  # noqa: BLE001 - a bug must still answer in OpenAI's shape
-            log.exception("unhandled error serving %s", scope.get("path"))
-            with contextlib.suppress(Exception):  # unless the response had already started
-                await send_error(send, errors.internal(), response_headers)
+        await answer_errors(self._dispatch(scope, receive, send, rid, response_headers), send, response_headers)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -204,7 +193,7 @@ class IngressApp:
         timeout = self._config.ingress.request_timeout_s
         try:
             endpoints = await asyncio.wait_for(self._directory.wake(model.id, timeout), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             endpoints = ()
         if not endpoints:
             raise errors.unavailable(f"The model `{model.id}` has no replica ready; retry later.")

@@ -8,7 +8,6 @@ request when the caller disconnects.
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import json
 import logging
@@ -16,15 +15,14 @@ import logging
 from service.api import errors
 from service.api.asgi import (
     REQUEST_ID_HEADER,
-    Disconnected,
     Receive,
     Scope,
     Send,
+    answer_errors,
     header,
     read_body,
     request_id,
     send_bytes,
-    send_error,
     send_json,
     until_disconnect,
 )
@@ -50,21 +48,21 @@ class ReplicaApp:
             return
         rid = request_id(scope)
         headers = [(REQUEST_ID_HEADER, rid)]
-        try:
-            given = (header(scope, INTERNAL_TOKEN_HEADER.encode()) or "").encode()
-            if not hmac.compare_digest(given, self._token):
-                raise errors.APIError(401, "Not an ingress of this service.", type="authentication_error", code="unauthorized")
-            await self._dispatch(scope, receive, send, rid, headers)
-        except errors.APIError as error:
-            await send_error(send, error, headers)
-        except Disconnected:
-            return
-        except Exception:  # noqa: BLE001 - a bug must still answer in OpenAI's shape
-            log.exception("unhandled error serving %s", scope.get("path"))
-            with contextlib.suppress(Exception):  # unless the response had already started
-                await send_error(send, errors.internal(), headers)
+        await answer_errors(self._authorised(scope, receive, send, rid, headers), send, headers)
 
-    async def _dispatch(self, scope: Scope, receive: Receive, send: Send, rid: str, headers: list[tuple[str, str]]) -> None:
+    async def _authorised(
+        self, scope: Scope, receive: Receive, send: Send, rid: str, headers: list[tuple[str, str]]
+    ) -> None:
+        given = (header(scope, INTERNAL_TOKEN_HEADER.encode()) or "").encode()
+        if not hmac.compare_digest(given, self._token):
+            raise errors.APIError(
+                401, "Not an ingress of this service.", type="authentication_error", code="unauthorized"
+            )
+        await self._dispatch(scope, receive, send, rid, headers)
+
+    async def _dispatch(
+        self, scope: Scope, receive: Receive, send: Send, rid: str, headers: list[tuple[str, str]]
+    ) -> None:
         path = scope["path"]
         if path == "/internal/health":
             try:
@@ -87,7 +85,9 @@ class ReplicaApp:
         finally:
             self.inflight -= 1
 
-    async def _call(self, operation, scope: Scope, receive: Receive, send: Send, rid: str, headers: list[tuple[str, str]]) -> None:  # type: ignore[no-untyped-def]
+    async def _call(
+        self, operation, scope: Scope, receive: Receive, send: Send, rid: str, headers: list[tuple[str, str]]
+    ) -> None:  # type: ignore[no-untyped-def]
         raw = await read_body(receive, self._max_body_bytes)
         try:
             body = json.loads(raw)
@@ -103,7 +103,14 @@ class ReplicaApp:
             await self._stream(result, receive, send, headers)
 
     async def _stream(self, result: StreamResult, receive: Receive, send: Send, headers: list[tuple[str, str]]) -> None:
-        start = {"type": "http.response.start", "status": result.status, "headers": [(b"content-type", SSE_CONTENT_TYPE), *[(k.encode(), v.encode()) for k, v in [*headers, *result.headers.items()]]]}
+        start = {
+            "type": "http.response.start",
+            "status": result.status,
+            "headers": [
+                (b"content-type", SSE_CONTENT_TYPE),
+                *[(k.encode(), v.encode()) for k, v in [*headers, *result.headers.items()]],
+            ],
+        }
         await send(start)
 
         async def pump() -> None:

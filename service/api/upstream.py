@@ -58,9 +58,7 @@ class Upstream:
         if self._session is not None:
             await self._session.close()
 
-    async def open(
-        self, endpoint: Endpoint, path: str, body: bytes, headers: dict[str, str]
-    ) -> aiohttp.ClientResponse:
+    async def open(self, endpoint: Endpoint, path: str, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
         """Send the request; raise :class:`UpstreamUnreachable` if nothing came back."""
         sent = {
             **headers,
@@ -69,10 +67,8 @@ class Upstream:
         }
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout_s)
         try:
-            return await self._client().post(
-                endpoint.url + path, data=body, headers=sent, timeout=timeout
-            )
-        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as error:
+            return await self._client().post(endpoint.url + path, data=body, headers=sent, timeout=timeout)
+        except (TimeoutError, aiohttp.ClientConnectionError) as error:
             raise UpstreamUnreachable(str(error) or type(error).__name__) from error
 
     async def get_json(self, endpoint: Endpoint, path: str) -> object:
@@ -88,7 +84,7 @@ async def read_error(response: aiohttp.ClientResponse) -> APIError:
     """The replica's (or anything in between's) error, in OpenAI's shape."""
     try:
         body = await response.content.read(_ERROR_BODY_LIMIT)
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         body = b""
     finally:
         response.release()
@@ -99,7 +95,7 @@ async def _relay_body(response: aiohttp.ClientResponse, send: Send, sse: bool) -
     try:
         async for chunk in response.content.iter_any():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         if sse:  # the 200 is gone: end the stream in band, as OpenAI clients expect
             error = internal("The model replica failed while streaming; the response is incomplete.")
             await send({"type": "http.response.body", "body": error.sse_event(), "more_body": True})

@@ -13,7 +13,15 @@ from service.config.settings import Settings
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {k: v for k, v in {"config": args.config, "host": getattr(args, "host", None), "port": getattr(args, "port", None)}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "config": args.config,
+            "host": getattr(args, "host", None),
+            "port": getattr(args, "port", None),
+        }.items()
+        if v is not None
+    }
     return Settings(**overrides)
 
 
@@ -53,7 +61,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="paddock", description="Governed OpenAI-compatible inference on Ray Serve + vLLM.")
+    root = argparse.ArgumentParser(
+        prog="paddock", description="Governed OpenAI-compatible inference on Ray Serve + vLLM."
+    )
     sub = root.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the service (local Ray unless PADDOCK_RAY_ADDRESS is set)")
     prepare = sub.add_parser("prepare", help="prepare every configured model into the cache")

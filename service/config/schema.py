@@ -126,9 +126,7 @@ class Autoscaling(StrictModel):
     def _bounds(self) -> Autoscaling:
         if self.min_replicas > self.max_replicas:
             raise ValueError("min_replicas must not exceed max_replicas")
-        if self.initial_replicas is not None and not (
-            self.min_replicas <= self.initial_replicas <= self.max_replicas
-        ):
+        if self.initial_replicas is not None and not (self.min_replicas <= self.initial_replicas <= self.max_replicas):
             raise ValueError("initial_replicas must lie between min_replicas and max_replicas")
         return self
 
@@ -198,10 +196,7 @@ class ModelConfig(StrictModel):
     def _no_reserved_args(cls, args: dict[str, Any]) -> dict[str, Any]:
         reserved = sorted(RESERVED_ENGINE_ARGS.intersection(args))
         if reserved:
-            raise ValueError(
-                f"{', '.join(reserved)} cannot be set in engine_args; "
-                "use the model entry's own fields"
-            )
+            raise ValueError(f"{', '.join(reserved)} cannot be set in engine_args; use the model entry's own fields")
         return args
 
     @model_validator(mode="after")
@@ -246,9 +241,7 @@ class ServiceConfig(StrictModel):
         for model in self.models:
             for name in model.names:
                 if name in seen:
-                    raise ValueError(
-                        f"model name {name!r} is used by both {seen[name]!r} and {model.id!r}"
-                    )
+                    raise ValueError(f"model name {name!r} is used by both {seen[name]!r} and {model.id!r}")
                 seen[name] = model.id
         return self
 

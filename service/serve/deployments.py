@@ -87,7 +87,13 @@ class ModelServer:
         self._url = f"http://{host}:{sock.getsockname()[1]}"
         await self._announce()
         self._heartbeat = asyncio.create_task(self._heartbeat_forever())
-        log.info("model %s replica %s ready at %s in %.1fs", self._model.id, self._replica_id, self._url, time.monotonic() - started)
+        log.info(
+            "model %s replica %s ready at %s in %.1fs",
+            self._model.id,
+            self._replica_id,
+            self._url,
+            time.monotonic() - started,
+        )
 
     async def _announce(self) -> None:
         await self._registry.heartbeat.remote(self._model.id, self._replica_id, self._url)

@@ -48,5 +48,5 @@ async def stop(server: uvicorn.Server, task: asyncio.Task[None], timeout_s: floa
     server.should_exit = True
     try:
         await asyncio.wait_for(task, timeout_s)
-    except (asyncio.TimeoutError, asyncio.CancelledError):
+    except (TimeoutError, asyncio.CancelledError):
         task.cancel()

@@ -35,13 +35,16 @@ def start_ray(config: ServiceConfig, settings: Settings) -> None:
     if settings.internal_token:
         env["PADDOCK_INTERNAL_TOKEN"] = settings.internal_token
     os.environ.update(env)  # local Ray workers inherit the driver's environment
+    local = settings.ray_address is None
     ray.init(
         address=settings.ray_address,
-        num_cpus=None if settings.ray_address else settings.ray_num_cpus or logical_cpus(config),
+        # Local Ray stays on loopback: no Ray port (GCS, dashboard, job API) beyond this machine.
+        _node_ip_address="127.0.0.1" if local else None,
+        num_cpus=settings.ray_num_cpus or logical_cpus(config) if local else None,
         include_dashboard=settings.ray_dashboard,
         dashboard_host="127.0.0.1",
         runtime_env={"env_vars": env},
-        _temp_dir=str(settings.ray_temp_dir) if settings.ray_temp_dir and not settings.ray_address else None,
+        _temp_dir=str(settings.ray_temp_dir) if settings.ray_temp_dir and local else None,
         log_to_driver=True,
     )
 

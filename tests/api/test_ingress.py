@@ -69,7 +69,9 @@ class StandInReplica:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        self.seen.append({"path": request.path, "headers": {k.lower(): v for k, v in request.headers.items()}, "body": body})
+        self.seen.append(
+            {"path": request.path, "headers": {k.lower(): v for k, v in request.headers.items()}, "body": body}
+        )
         if request.headers.get(INTERNAL_TOKEN_HEADER) != TOKEN:
             return web.json_response({"error": {"message": "no"}}, status=401)
         if body.get("fail") == "plain":

@@ -72,7 +72,9 @@ async def test_disconnect_cancels_the_engine_call(replica, stream: bool) -> None
     async with aiohttp.ClientSession() as session:
 
         async def call() -> None:
-            async with session.post(url + "/v1/chat/completions", json={"model": "fake", "stream": stream}, headers=TOKEN) as response:
+            async with session.post(
+                url + "/v1/chat/completions", json={"model": "fake", "stream": stream}, headers=TOKEN
+            ) as response:
                 await response.content.readline()
                 await asyncio.sleep(10)
 

@@ -59,13 +59,9 @@ def test_hf_source_needs_pinned_revision() -> None:
     with pytest.raises(ConfigError, match=r"models\[0\]\.source\.revision: Field required"):
         parse_config({"models": [{**GOOD_MODEL, "source": {"hf": "org/name"}}]}, "x.yaml")
     with pytest.raises(ConfigError, match=r"source\.revision"):
-        parse_config(
-            {"models": [{**GOOD_MODEL, "source": {"hf": "org/name", "revision": "main"}}]}, "x.yaml"
-        )
+        parse_config({"models": [{**GOOD_MODEL, "source": {"hf": "org/name", "revision": "main"}}]}, "x.yaml")
     sha = "a" * 40
-    config = parse_config(
-        {"models": [{**GOOD_MODEL, "source": {"hf": "org/name", "revision": sha}}]}, "x.yaml"
-    )
+    config = parse_config({"models": [{**GOOD_MODEL, "source": {"hf": "org/name", "revision": sha}}]}, "x.yaml")
     assert config.models[0].source.revision == sha  # type: ignore[union-attr]
 
 
@@ -105,9 +101,7 @@ def test_duplicate_names_and_aliases_rejected() -> None:
 
 def test_autoscaling_bounds_and_scale_to_zero() -> None:
     with pytest.raises(ConfigError, match="min_replicas must not exceed max_replicas"):
-        parse_config(
-            {"models": [{**GOOD_MODEL, "autoscaling": {"min_replicas": 3, "max_replicas": 2}}]}, "x"
-        )
+        parse_config({"models": [{**GOOD_MODEL, "autoscaling": {"min_replicas": 3, "max_replicas": 2}}]}, "x")
     config = parse_config({"models": [{**GOOD_MODEL, "autoscaling": {"min_replicas": 0}}]}, "x")
     assert config.models[0].autoscaling.scale_to_zero
 
@@ -152,3 +146,13 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
         load_config_file(bad)
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config_file(write(tmp_path, ["a"]))
+
+
+def test_shipped_serve_config_loads_with_the_same_loader() -> None:
+    root = Path(__file__).resolve().parents[2]
+    config = load_config_file(root / "deploy" / "serve-config.yaml")
+    by_name = config.model_by_name()
+    assert by_name["gpt-oss-20b"].resources.gpus == 1
+    assert by_name["all-minilm-l6-v2"].autoscaling.scale_to_zero
+    e2e = load_config_file(root / "tests" / "e2e" / "paddock-e2e.yaml")
+    assert {m.id for m in e2e.models} == {m.id for m in default_config().models}

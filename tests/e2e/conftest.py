@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,16 +24,12 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 
+from bench.servers import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = Path(__file__).with_name("paddock-e2e.yaml")
 START_TIMEOUT_S = 900
 INTERNAL_TOKEN = "e2e-internal-token"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

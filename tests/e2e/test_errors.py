@@ -69,8 +69,12 @@ def test_embedding_model_refuses_chat(http) -> None:
 
 def test_overload_is_503_in_openai_shape(stack) -> None:
     """The chat model allows 6 concurrent requests (paddock-e2e.yaml); 12 at once overflow it."""
-    body = {"model": CHAT, "messages": [{"role": "user", "content": "Count to one hundred."}],
-            "max_tokens": 200, "ignore_eos": True}
+    body = {
+        "model": CHAT,
+        "messages": [{"role": "user", "content": "Count to one hundred."}],
+        "max_tokens": 200,
+        "ignore_eos": True,
+    }
 
     def one(_: int) -> httpx.Response:
         with httpx.Client(base_url=stack.base_url, timeout=300) as client:
@@ -87,8 +91,13 @@ def test_overload_is_503_in_openai_shape(stack) -> None:
 
 def test_disconnect_aborts_the_engine_request(stack, http) -> None:
     (replica,) = stack.replica_urls(CHAT)
-    body = {"model": CHAT, "messages": [{"role": "user", "content": "Tell me a long story."}],
-            "max_tokens": 1900, "ignore_eos": True, "stream": True}
+    body = {
+        "model": CHAT,
+        "messages": [{"role": "user", "content": "Tell me a long story."}],
+        "max_tokens": 1900,
+        "ignore_eos": True,
+        "stream": True,
+    }
     with http.stream("POST", "/v1/chat/completions", json=body) as response:
         lines = response.iter_lines()
         assert next(lines).startswith("data: ")
@@ -110,6 +119,9 @@ def test_unknown_route_and_method(http) -> None:
 
 def test_service_survives_the_bad_input(stack) -> None:
     reply = stack.client().chat.completions.create(
-        model=CHAT, messages=[{"role": "user", "content": "What is the capital of France?"}], temperature=0, max_tokens=20
+        model=CHAT,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        temperature=0,
+        max_tokens=20,
     )
     assert "Paris" in reply.choices[0].message.content

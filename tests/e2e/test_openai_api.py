@@ -27,7 +27,11 @@ def test_stream_concatenates_to_the_non_streamed_answer_with_usage(stack) -> Non
     whole = client.chat.completions.create(model=CHAT, messages=FRANCE, temperature=0, max_tokens=40)
     chunks = list(
         client.chat.completions.create(
-            model=CHAT, messages=FRANCE, temperature=0, max_tokens=40, stream=True,
+            model=CHAT,
+            messages=FRANCE,
+            temperature=0,
+            max_tokens=40,
+            stream=True,
             stream_options={"include_usage": True},
         )
     )
@@ -40,7 +44,9 @@ def test_stream_concatenates_to_the_non_streamed_answer_with_usage(stack) -> Non
 
 
 def test_completions(stack) -> None:
-    reply = stack.client().completions.create(model=CHAT, prompt="The capital of France is", temperature=0, max_tokens=5)
+    reply = stack.client().completions.create(
+        model=CHAT, prompt="The capital of France is", temperature=0, max_tokens=5
+    )
     assert reply.choices[0].text.strip() and reply.usage.completion_tokens <= 5
 
 
@@ -52,7 +58,7 @@ def test_responses(stack) -> None:
 
 
 def _cosine(a: list[float], b: list[float]) -> float:
-    dot = sum(x * y for x, y in zip(a, b))
+    dot = sum(x * y for x, y in zip(a, b, strict=False))
     return dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
 
 

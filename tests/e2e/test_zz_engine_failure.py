@@ -20,15 +20,24 @@ CHAT = "smollm2-135m-instruct"
 def engine_core_of(replica_url: str) -> psutil.Process:
     port = urlparse(replica_url).port
     (pid,) = {c.pid for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port}
-    cores = [p for p in psutil.Process(pid).children(recursive=True) if "EngineCore" in " ".join(p.cmdline()) or p.name().startswith("VLLM::EngineCore")]
+    cores = [
+        p
+        for p in psutil.Process(pid).children(recursive=True)
+        if "EngineCore" in " ".join(p.cmdline()) or p.name().startswith("VLLM::EngineCore")
+    ]
     assert len(cores) == 1, cores
     return cores[0]
 
 
 def test_killed_engine_ends_stream_in_band_and_replica_is_replaced(stack) -> None:
     (old_url,) = stack.replica_urls(CHAT)
-    body = {"model": CHAT, "messages": [{"role": "user", "content": "Tell me a long story."}],
-            "max_tokens": 1500, "ignore_eos": True, "stream": True}
+    body = {
+        "model": CHAT,
+        "messages": [{"role": "user", "content": "Tell me a long story."}],
+        "max_tokens": 1500,
+        "ignore_eos": True,
+        "stream": True,
+    }
     with httpx.Client(base_url=stack.base_url, timeout=120) as http:
         with http.stream("POST", "/v1/chat/completions", json=body) as response:
             assert response.status_code == 200
@@ -45,9 +54,15 @@ def test_killed_engine_ends_stream_in_band_and_replica_is_replaced(stack) -> Non
             assert time.monotonic() < deadline, "the chat replica was not replaced"
             urls = stack.replica_urls(CHAT)
             if len(urls) > 1:
-                reply = http.post("/v1/chat/completions", json={
-                    "model": CHAT, "temperature": 0, "max_tokens": 20,
-                    "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+                reply = http.post(
+                    "/v1/chat/completions",
+                    json={
+                        "model": CHAT,
+                        "temperature": 0,
+                        "max_tokens": 20,
+                        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+                    },
+                )
                 if reply.status_code == 200:
                     assert "Paris" in reply.json()["choices"][0]["message"]["content"]
                     break

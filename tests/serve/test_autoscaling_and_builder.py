@@ -9,11 +9,15 @@ from service.serve.autoscaling import INFLIGHT_METRIC, inflight_policy
 from service.serve.builder import POLICY, deployment_name, model_options
 
 
-def ctx(per_replica: dict[str, float], handle_requests: float = 0, target: float = 4, replicas: int = 2) -> SimpleNamespace:
+def ctx(
+    per_replica: dict[str, float], handle_requests: float = 0, target: float = 4, replicas: int = 2
+) -> SimpleNamespace:
     config = SimpleNamespace(get_target_ongoing_requests=lambda: target)
     return SimpleNamespace(
-        aggregated_metrics={INFLIGHT_METRIC: per_replica}, total_num_requests=handle_requests,
-        config=config, current_num_replicas=replicas,
+        aggregated_metrics={INFLIGHT_METRIC: per_replica},
+        total_num_requests=handle_requests,
+        config=config,
+        current_num_replicas=replicas,
     )
 
 
@@ -21,7 +25,14 @@ def test_policy_divides_inflight_by_target() -> None:
     assert inflight_policy(ctx({"a": 6, "b": 6}))[0] == 3
     assert inflight_policy(ctx({"a": 0, "b": 0}))[0] == 0
     assert inflight_policy(ctx({}, handle_requests=8))[0] == 2  # wake-ups queued at handles count too
-    assert inflight_policy(SimpleNamespace(aggregated_metrics=None, total_num_requests=0, config=ctx({}).config, current_num_replicas=0))[0] == 0
+    assert (
+        inflight_policy(
+            SimpleNamespace(
+                aggregated_metrics=None, total_num_requests=0, config=ctx({}).config, current_num_replicas=0
+            )
+        )[0]
+        == 0
+    )
 
 
 BASE = {"id": "m/x", "source": {"path": "/m"}, "kv_cache_memory": "1GiB"}
@@ -41,7 +52,9 @@ def test_fixed_replicas_and_autoscaling_options() -> None:
 
 
 def test_tensor_parallel_gets_a_placement_group() -> None:
-    model = parse_config({"models": [{**BASE, "resources": {"gpus": 1, "cpus": 2, "tensor_parallel_size": 2}}]}, "t").models[0]
+    model = parse_config(
+        {"models": [{**BASE, "resources": {"gpus": 1, "cpus": 2, "tensor_parallel_size": 2}}]}, "t"
+    ).models[0]
     options = model_options(model, 30)
     assert options["placement_group_bundles"] == [{"CPU": 2, "GPU": 1}, {"GPU": 1}]
     assert options["placement_group_strategy"] == "STRICT_PACK"
