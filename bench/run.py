@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from bench.servers import ROOT, Server, start_paddock, start_raw_vllm
 from service.config.loader import load_config
 from service.models.sources import resolve
@@ -137,6 +139,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--config", type=Path, default=None, help="Paddock config (default: the embedded two-model default)"
     )
     parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="serve a tiny random Llama (bench/tiny_model.py) beside MiniLM, to resolve serving overhead",
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--prompts-per-stream", type=int, default=4, help="requests per concurrent stream")
     parser.add_argument("--rounds", type=int, default=3)
@@ -183,18 +190,44 @@ def measure(args: argparse.Namespace, raw: Server, paddock: Server, tokenizer: P
     return runs
 
 
+TINY_ID = "tiny-llama"
+
+
+def bench_config(args: argparse.Namespace) -> Path:
+    """The Paddock config file to benchmark (written into the output folder unless given)."""
+    if args.config is not None:
+        return args.config
+    from service.config.loader import default_config, default_config_text
+
+    config_path = args.out / "paddock.yaml"
+    data = yaml.safe_load(default_config_text())
+    if args.tiny:
+        from bench.tiny_model import make_tiny_llama
+
+        cache = ROOT / ".cache" / "paddock"
+        smollm2 = resolve(default_config().model_by_name()["smollm2-135m-instruct"], cache, print)
+        tiny = make_tiny_llama(cache / "bench-tiny-llama", smollm2)
+        data["models"][0] = {
+            "id": TINY_ID,
+            "source": {"path": str(tiny)},
+            "dtype": "float32",
+            "max_model_len": 2048,
+            "kv_cache_memory": "256MiB",
+            "resources": {"cpus": 1},
+        }
+        args.model = TINY_ID
+    config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return config_path
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    config = load_config(args.config)
+    config_path = bench_config(args)
+    config = load_config(config_path)
     model = config.model_by_name()[args.model]
     path = resolve(model, ROOT / ".cache" / "paddock", print)
     print(f"starting raw vLLM and Paddock ({', '.join(m.id for m in config.models)}) on {model.id}…", flush=True)
-    config_path = args.config or args.out / "paddock.yaml"
-    if args.config is None:
-        from service.config.loader import default_config_text
-
-        config_path.write_text(default_config_text())
     raw = start_raw_vllm(model, path, args.out)
     try:
         paddock = start_paddock(config_path, args.out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,6 +31,7 @@ class Server:
     base_url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    scratch: Path | None = None
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -42,8 +44,10 @@ class Server:
             try:
                 os.killpg(self.process.pid, sig)
             except ProcessLookupError:
-                return
+                break
             time.sleep(2)
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def _spawn(name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> tuple[subprocess.Popen[bytes], Path]:
@@ -116,7 +120,7 @@ def start_paddock(config_path: Path, log_dir: Path) -> Server:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PADDOCK_PORT": str(port), "PADDOCK_RAY_TEMP_DIR": str(ray_dir)}
     argv = [str(ROOT / ".venv/bin/paddock"), "serve", "--config", str(config_path)]
     process, log_path = _spawn("paddock", argv, env, log_dir)
-    server = Server("Paddock", f"http://127.0.0.1:{port}", process, log_path)
+    server = Server("Paddock", f"http://127.0.0.1:{port}", process, log_path, scratch=ray_dir)
     deadline = time.monotonic() + 900
     while "Paddock is serving on" not in log_path.read_text(errors="replace"):
         if process.poll() is not None or time.monotonic() > deadline:

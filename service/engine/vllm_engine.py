@@ -39,6 +39,7 @@ from vllm.renderers.chat_utils import ChatTemplateConfig, load_chat_template
 from vllm.renderers.inputs.preprocess import extract_prompt_len
 from vllm.renderers.online_renderer import OnlineRenderer
 from vllm.usage.usage_lib import UsageContext
+from vllm.utils.gc_utils import freeze_gc_heap
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from service.api import errors
@@ -220,11 +221,16 @@ class VLLMEngine:
         base_paths = [BaseModelPath(name=name, model_path=str(self._path)) for name in self._model.names]
         models = OpenAIServingModels(client, base_paths)
         await models.init_static_loras()
+        self._handlers = self._build_handlers(client, models)
+        # As `vllm serve` does: keep the start-up heap out of full GC collections,
+        # whose pauses otherwise land on streams in flight.
+        freeze_gc_heap()
+
+    def _build_handlers(self, client: Any, models: Any) -> dict[Operation, Any]:
         if self._model.task == "embed":
             embedding = ServingEmbedding(client, models, request_logger=None, chat_template_config=ChatTemplateConfig())
-            self._handlers = {"embeddings": embedding}
-            return
-        self._handlers = self._generation_handlers(client, models)
+            return {"embeddings": embedding}
+        return self._generation_handlers(client, models)
 
     def _generation_handlers(self, client: Any, models: Any) -> dict[Operation, Any]:
         template = load_chat_template(self._model.chat_template)

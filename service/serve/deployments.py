@@ -9,6 +9,8 @@ replicas; no request or token passes through a Ray RPC.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
 import time
 from typing import Any
@@ -24,7 +26,7 @@ from service.config.settings import Settings
 from service.models.sources import resolve
 from service.serve import http
 from service.serve.autoscaling import INFLIGHT_METRIC
-from service.serve.registry import HEARTBEAT_INTERVAL_S, RegistryDirectory, RegistryState
+from service.serve.registry import HEARTBEAT_INTERVAL_S, Announcement, RegistryDirectory, RegistryState
 
 log = logging.getLogger(__name__)
 
@@ -47,20 +49,44 @@ def _configure_logging() -> None:
     logging_config={"enable_access_log": False},
 )
 class Registry:
-    """Which replica of which model listens where (see ``registry.py``)."""
+    """Which replica of which model listens where (see ``registry.py``).
 
-    def __init__(self) -> None:
+    Ingresses long-poll :meth:`snapshot`: it answers at once when their version
+    is stale, otherwise when the table changes (or after ``wait_s``), so an idle
+    service costs no polling.
+    """
+
+    async def __init__(self) -> None:
         self._state = RegistryState()
+        self._changed = asyncio.Event()
+        self._expiry = asyncio.create_task(self._expire_forever())
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _expire_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if self._state.expire():
+                self._notify()
 
     def heartbeat(self, model_id: str, replica_id: str, url: str) -> None:
-        from service.serve.registry import Announcement
-
+        before = self._state.version
         self._state.heartbeat(Announcement(model_id, replica_id, url))
+        if self._state.version != before:
+            self._notify()
 
     def remove(self, replica_id: str) -> None:
+        before = self._state.version
         self._state.remove(replica_id)
+        if self._state.version != before:
+            self._notify()
 
-    def snapshot(self) -> dict[str, Any]:
+    async def snapshot(self, known_version: str = "", wait_s: float = 0.0) -> dict[str, Any]:
+        if known_version == self._state.version and wait_s > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), wait_s)
         return self._state.snapshot()
 
 
@@ -146,6 +172,7 @@ class Ingress:
         ingress = self._config.ingress
         sock = http.bind(ingress.host, ingress.port, reuse_port=True)
         self._server, self._task = await http.start(self._app, sock, lifespan="on")
+        _freeze_heap()
         log.info("Paddock ingress listening on http://%s:%d", ingress.host, ingress.port)
 
     async def check_health(self) -> None:
@@ -157,6 +184,12 @@ class Ingress:
         await _drain(lambda: self._app.inflight, self._config.ingress.drain_timeout_s)
         await http.stop(self._server, self._task)
         await self._directory.stop()
+
+
+def _freeze_heap() -> None:
+    """Keep the start-up heap out of full GC collections (long pauses on the data path)."""
+    gc.collect()
+    gc.freeze()
 
 
 async def _drain(inflight: Any, timeout_s: float) -> None:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from service.api.upstream import Endpoint
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_INTERVAL_S = 1.0
+HEARTBEAT_INTERVAL_S = 1.5
 ENTRY_TTL_S = 5.0
 
 
@@ -39,6 +40,7 @@ class RegistryState:
     def __init__(self, ttl_s: float = ENTRY_TTL_S) -> None:
         self._ttl_s = ttl_s
         self._entries: dict[str, tuple[Announcement, float]] = {}
+        self._epoch = uuid.uuid4().hex[:12]  # a restarted registry never repeats a version
         self._version = 0
 
     def heartbeat(self, announcement: Announcement, now: float | None = None) -> None:
@@ -52,28 +54,37 @@ class RegistryState:
         if self._entries.pop(replica_id, None) is not None:
             self._version += 1
 
-    def snapshot(self, now: float | None = None) -> dict[str, Any]:
+    @property
+    def version(self) -> str:
+        return f"{self._epoch}:{self._version}"
+
+    def expire(self, now: float | None = None) -> bool:
+        """Drop replicas that stopped announcing; True if any was dropped."""
         now = time.monotonic() if now is None else now
         expired = [rid for rid, (_, seen) in self._entries.items() if now - seen > self._ttl_s]
         for replica_id in expired:
             self.remove(replica_id)
+        return bool(expired)
+
+    def snapshot(self, now: float | None = None) -> dict[str, Any]:
+        self.expire(now)
         table: dict[str, list[dict[str, str]]] = {}
         for announcement, _ in self._entries.values():
             table.setdefault(announcement.model_id, []).append(
                 {"replica_id": announcement.replica_id, "url": announcement.url}
             )
-        return {"version": self._version, "models": table}
+        return {"version": self.version, "models": table}
 
 
 class RegistryDirectory:
     """An ingress's local view of the registry (implements ``api.ingress.Directory``)."""
 
-    def __init__(self, registry: Any, model_handles: dict[str, Any], poll_s: float = 0.5) -> None:
+    def __init__(self, registry: Any, model_handles: dict[str, Any], long_poll_s: float = 10.0) -> None:
         self._registry = registry
         self._model_handles = model_handles
-        self._poll_s = poll_s
+        self._long_poll_s = long_poll_s
         self._table: dict[str, list[Endpoint]] = {}
-        self._version = -1
+        self._version = ""
         self._task: asyncio.Task[None] | None = None
         self._excluded: dict[str, float] = {}
         self.ready = False
@@ -113,8 +124,9 @@ class RegistryDirectory:
                 await asyncio.sleep(0.05)
         return self.endpoints(model_id)
 
-    async def refresh(self) -> None:
-        snapshot = await self._registry.snapshot.remote()
+    async def refresh(self, wait_s: float = 0.0) -> None:
+        """Fetch the table; with ``wait_s``, the registry answers when it changes (long poll)."""
+        snapshot = await self._registry.snapshot.remote(self._version, wait_s)
         self.ready = True
         if snapshot["version"] == self._version:
             return
@@ -133,9 +145,9 @@ class RegistryDirectory:
     async def _poll_forever(self) -> None:
         while True:
             try:
-                await self.refresh()
+                await self.refresh(wait_s=self._long_poll_s)
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # noqa: BLE001 - keep serving the last table
                 log.warning("registry refresh failed: %s", error)
-            await asyncio.sleep(self._poll_s)
+                await asyncio.sleep(0.5)
