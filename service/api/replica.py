@@ -19,6 +19,7 @@ from service.api.asgi import (
     Scope,
     Send,
     answer_errors,
+    encode_headers,
     header,
     read_body,
     request_id,
@@ -106,10 +107,7 @@ class ReplicaApp:
         start = {
             "type": "http.response.start",
             "status": result.status,
-            "headers": [
-                (b"content-type", SSE_CONTENT_TYPE),
-                *[(k.encode(), v.encode()) for k, v in [*headers, *result.headers.items()]],
-            ],
+            "headers": [(b"content-type", SSE_CONTENT_TYPE), *encode_headers([*headers, *result.headers.items()])],
         }
         await send(start)
 

@@ -8,14 +8,12 @@ connection, which makes the replica abort its engine request.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import aiohttp
 
-from service.api.asgi import Receive, Send, encode_headers, wait_disconnect
+from service.api.asgi import Receive, Send, encode_headers, until_disconnect
 from service.api.errors import APIError, internal, normalise_error_body
 
 INTERNAL_TOKEN_HEADER = "x-paddock-internal-token"
@@ -107,8 +105,8 @@ async def relay(
     receive: Receive,
     send: Send,
     headers: Iterable[tuple[str, str]],
-) -> bool:
-    """Relay a successful upstream response; returns False if the client left."""
+) -> None:
+    """Relay a successful upstream response (raises ``Disconnected`` if the client left)."""
     content_type = response.headers.get("content-type", "application/json")
     sse = content_type.startswith("text/event-stream")
     extra = [("cache-control", "no-cache")] if sse else []
@@ -119,19 +117,9 @@ async def relay(
             "headers": [(b"content-type", content_type.encode()), *encode_headers([*headers, *extra])],
         }
     )
-    body = asyncio.ensure_future(_relay_body(response, send, sse))
-    disconnect = asyncio.ensure_future(wait_disconnect(receive))
-    completed = False
     try:
-        await asyncio.wait({body, disconnect}, return_when=asyncio.FIRST_COMPLETED)
-        completed = body.done() and not body.cancelled() and body.exception() is None
-    finally:
-        for task in (body, disconnect):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if completed:
-            response.release()
-        else:
-            response.close()  # closing the connection aborts the engine request upstream
-    return completed
+        await until_disconnect(_relay_body(response, send, sse), receive)
+    except BaseException:
+        response.close()  # the client left: closing the connection aborts the engine request upstream
+        raise
+    response.release()
