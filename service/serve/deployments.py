@@ -110,7 +110,8 @@ class ModelServer:
         host = settings.replica_host or ray.util.get_node_ip_address()
         sock = http.bind(host, 0)
         self._server, self._task = await http.start(self._app, sock)
-        self._url = f"http://{host}:{sock.getsockname()[1]}"
+        netloc = f"[{host}]" if ":" in host else host  # IPv6 node addresses
+        self._url = f"http://{netloc}:{sock.getsockname()[1]}"
         await self._announce()
         self._heartbeat = asyncio.create_task(self._heartbeat_forever())
         log.info(
