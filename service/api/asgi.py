@@ -65,6 +65,17 @@ async def read_body(receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object (400 otherwise)."""
+    try:
+        body = json.loads(raw)
+    except ValueError as error:
+        raise APIError(400, f"The request body is not valid JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise APIError(400, "The request body must be a JSON object.")
+    return body
+
+
 def encode_headers(pairs: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
 

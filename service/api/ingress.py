@@ -9,7 +9,6 @@ current). This module knows nothing of Ray or vLLM.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
@@ -24,6 +23,7 @@ from service.api.asgi import (
     Send,
     answer_errors,
     header,
+    json_object,
     read_body,
     request_id,
     send_json,
@@ -149,12 +149,7 @@ class IngressApp:
         }
 
     def _parse(self, body: bytes, path: str) -> tuple[dict[str, object], ModelConfig]:
-        try:
-            request = json.loads(body)
-        except ValueError as error:
-            raise errors.invalid_request(f"The request body is not valid JSON: {error}") from None
-        if not isinstance(request, dict):
-            raise errors.invalid_request("The request body must be a JSON object.")
+        request = json_object(body)
         name = request.get("model")
         if not isinstance(name, str) or not name:
             raise errors.invalid_request("`model` is required and must be a string.", param="model")

@@ -9,7 +9,6 @@ request when the caller disconnects.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 
 from service.api import errors
@@ -21,6 +20,7 @@ from service.api.asgi import (
     answer_errors,
     encode_headers,
     header,
+    json_object,
     read_body,
     request_id,
     send_bytes,
@@ -89,13 +89,7 @@ class ReplicaApp:
     async def _call(
         self, operation, scope: Scope, receive: Receive, send: Send, rid: str, headers: list[tuple[str, str]]
     ) -> None:  # type: ignore[no-untyped-def]
-        raw = await read_body(receive, self._max_body_bytes)
-        try:
-            body = json.loads(raw)
-        except ValueError as error:
-            raise errors.invalid_request(f"The request body is not valid JSON: {error}") from None
-        if not isinstance(body, dict):
-            raise errors.invalid_request("The request body must be a JSON object.")
+        body = json_object(await read_body(receive, self._max_body_bytes))
         ctx = CallContext(request_id=rid)
         result = await until_disconnect(self._engine.call(operation, body, ctx), receive)
         if isinstance(result, JSONResult):
