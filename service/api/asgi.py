@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from service.api.errors import JSON_CONTENT_TYPE, APIError, internal, payload_too_large
+from service.api.errors import JSON_CONTENT_TYPE, APIError, internal, invalid_request, payload_too_large
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -70,9 +70,9 @@ def json_object(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw)
     except ValueError as error:
-        raise APIError(400, f"The request body is not valid JSON: {error}") from None
+        raise invalid_request(f"The request body is not valid JSON: {error}") from None
     if not isinstance(body, dict):
-        raise APIError(400, "The request body must be a JSON object.")
+        raise invalid_request("The request body must be a JSON object.")
     return body
 
 

@@ -9,7 +9,7 @@ connection, which makes the replica abort its engine request.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aiohttp
 
@@ -29,7 +29,6 @@ class Endpoint:
     url: str
     replica_id: str
     inflight: int = 0
-    failures: int = field(default=0, compare=False)
 
 
 class UpstreamUnreachable(Exception):
@@ -68,14 +67,6 @@ class Upstream:
             return await self._client().post(endpoint.url + path, data=body, headers=sent, timeout=timeout)
         except (TimeoutError, aiohttp.ClientConnectionError) as error:
             raise UpstreamUnreachable(str(error) or type(error).__name__) from error
-
-    async def get_json(self, endpoint: Endpoint, path: str) -> object:
-        timeout = aiohttp.ClientTimeout(total=5)
-        async with self._client().get(
-            endpoint.url + path, headers={INTERNAL_TOKEN_HEADER: self._token}, timeout=timeout
-        ) as response:
-            response.raise_for_status()
-            return await response.json()
 
 
 async def read_error(response: aiohttp.ClientResponse) -> APIError:

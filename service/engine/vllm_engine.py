@@ -55,12 +55,6 @@ REQUEST_MODELS: dict[Operation, pydantic.TypeAdapter[Any]] = {
     "responses": pydantic.TypeAdapter(ResponsesRequest),
     "embeddings": pydantic.TypeAdapter(EmbeddingRequest),  # a union of request shapes
 }
-PROMPT_PARAM: dict[Operation, str] = {
-    "chat": "messages",
-    "completions": "prompt",
-    "responses": "input",
-    "embeddings": "input",
-}
 # The output-token budget the client asked for, seen by the engine guard below.
 _requested_max_tokens: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "paddock_requested_max_tokens", default=None
@@ -159,7 +153,7 @@ def _validation_error(error: pydantic.ValidationError) -> errors.APIError:
     return errors.invalid_request(f"Invalid request: {param}: {first['msg']}", param=param)
 
 
-def to_api_error(response: ErrorResponse, operation: Operation) -> errors.APIError:
+def to_api_error(response: ErrorResponse) -> errors.APIError:
     """vLLM's ErrorResponse (type names, integer codes) in OpenAI's terms."""
     error = response.error
     status = int(error.code) if str(error.code).isdigit() else 500
@@ -176,25 +170,25 @@ def to_api_error(response: ErrorResponse, operation: Operation) -> errors.APIErr
     return mapped
 
 
-def _sse_error(line: bytes, operation: Operation) -> bytes:
-    """Normalise vLLM's in-band stream error to OpenAI's shape."""
+def _sse_error(chunk: bytes) -> bytes:
+    """Normalise vLLM's in-band stream error event to OpenAI's shape (unchanged if unreadable)."""
     try:
-        data = json.loads(line.removeprefix(b"data: "))
+        data = json.loads(chunk.removeprefix(b"data: "))
         status = int(data["error"].get("code") or 500)
         message = str(data["error"].get("message") or "stream failed")
     except (ValueError, KeyError, TypeError, AttributeError):
-        return line
+        return chunk
     error = errors.APIError(status, message, type="server_error" if status >= 500 else "invalid_request_error")
     return b"data: " + error.body() + b"\n\n"
 
 
-async def _stream(source: AsyncIterator[Any], operation: Operation) -> AsyncIterator[bytes]:
+async def _stream(source: AsyncIterator[Any]) -> AsyncIterator[bytes]:
     done = False
     try:
         async for item in source:
             chunk = item.encode() if isinstance(item, str) else bytes(item)
             if chunk.startswith(b'data: {"error"'):
-                chunk = _sse_error(chunk.rstrip(b"\n"), operation)
+                chunk = _sse_error(chunk)
             done = done or chunk.endswith(b"data: [DONE]\n\n")
             yield chunk
     except Exception as error:  # noqa: BLE001 - the 200 is gone: end in band
@@ -274,14 +268,14 @@ class VLLMEngine:
 
     def _result(self, result: Any, operation: Operation) -> Result:
         if isinstance(result, ErrorResponse):
-            raise to_api_error(result, operation)
+            raise to_api_error(result)
         if isinstance(result, pydantic.BaseModel):
             return JSONResult(200, result.model_dump_json(by_alias=operation == "responses").encode())
         body = getattr(result, "body", None)
         if isinstance(body, bytes):  # a starlette JSONResponse (the embedding server)
             return JSONResult(int(getattr(result, "status_code", 200)), body)
         source = _convert_stream_to_sse_events(result) if operation == "responses" else result
-        return StreamResult(_stream(source, operation))
+        return StreamResult(_stream(source))
 
     def status(self) -> dict[str, object]:
         if self._engine is None:
