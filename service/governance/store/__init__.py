@@ -1,0 +1,27 @@
+"""Shared governance state: pick a backend by URL (``open_store``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from service.governance.store.base import Store, StoreUnavailable
+
+
+def open_store(url: str, state_dir: Path) -> Store:
+    """``local`` (SQLite in ``state_dir``), ``sqlite:///path`` or ``redis[s]://…``."""
+    if url == "local":
+        from service.governance.store.local import LocalStore
+
+        return LocalStore(state_dir / "governance.sqlite3")
+    if url.startswith("sqlite://"):
+        from service.governance.store.local import LocalStore
+
+        return LocalStore(Path(url.removeprefix("sqlite://")))
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from service.governance.store.redis import RedisStore
+
+        return RedisStore(url)
+    raise StoreUnavailable(f"unknown state store {url!r}: use local, sqlite:///path or redis://host:port/db")
+
+
+__all__ = ["Store", "StoreUnavailable", "open_store"]
