@@ -39,7 +39,7 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return "".join(parts).lstrip(".") or "(top level)"
 
 
-def format_validation_error(error: ValidationError, origin: str) -> str:
+def format_validation_error(error: ValidationError, origin: str, what: str = "service config") -> str:
     """Render pydantic errors as ``origin: key.path: message`` lines."""
     errors = error.errors(include_url=False)
     nested = {tuple(item["loc"][:-1]) for item in errors if item["loc"]}
@@ -53,7 +53,7 @@ def format_validation_error(error: ValidationError, origin: str) -> str:
         if item["type"] == "extra_forbidden":
             message = "unknown key"
         lines.append(f"{origin}: {_location(tuple(item['loc']))}: {message}")
-    return "invalid service config\n  " + "\n  ".join(lines)
+    return f"invalid {what}\n  " + "\n  ".join(lines)
 
 
 def parse_config(data: Any, origin: str) -> ServiceConfig:

@@ -9,8 +9,9 @@ nothing reads the environment at import time.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,6 +28,7 @@ class Settings(BaseSettings):
     config: Path | None = Field(default=None, description="Service config YAML; none = embedded default.")
     host: str | None = Field(default=None, description="Overrides ingress.host of the config.")
     port: int | None = Field(default=None, ge=1, le=65535, description="Overrides ingress.port.")
+    admin_port: int | None = Field(default=None, ge=1, le=65535, description="Overrides admin.port.")
     cache_dir: Path = Field(default_factory=default_cache_dir)
     ray_address: str | None = Field(default=None, description="Existing Ray cluster; none = local Ray.")
     ray_num_cpus: int | None = Field(
@@ -42,3 +44,41 @@ class Settings(BaseSettings):
     internal_token: str | None = Field(
         default=None, description="Shared ingress-to-replica token; none = random per deployment."
     )
+
+    # -- governance (see service/governance) --------------------------------
+    governance: Literal["on", "off"] = Field(
+        default="on", description="off = no keys, limits or audit: local development only."
+    )
+    governance_file: Path | None = Field(
+        default=None, description="Tenants and keys (YAML); none = <state_dir>/governance.yaml, created if missing."
+    )
+    state_dir: Path | None = Field(default=None, description="Local governance state; none = <cache_dir>/state.")
+    state_store: str = Field(
+        default="local", description="local (node-local SQLite) or redis://[:password@]host:port/db."
+    )
+    state_store_password_file: Path | None = Field(default=None, description="Redis password, from a mounted Secret.")
+    fail_open: bool = Field(default=False, description="Admit without limits when the state store is unreachable.")
+    key_secret_file: Path | None = Field(default=None, description="Server secret for HMAC-SHA-256 key hashes.")
+    audit_dir: Path | None = Field(default=None, description="Audit log directory; none = <state_dir>/audit.")
+    audit_key_file: Path | None = Field(default=None, description="HMAC key chaining the audit log.")
+    audit_stdout: bool = Field(default=True, description="Also write audit records to stdout for log shipping.")
+    admin_token: SecretStr | None = Field(default=None, description="Admin API token.")
+    admin_token_file: Path | None = Field(
+        default=None, description="Admin API token file; none = <state_dir>/admin-token, created if missing."
+    )
+    trusted_proxies: tuple[str, ...] = Field(
+        default=(), description="Networks whose X-Forwarded-For is believed (JSON list in the env)."
+    )
+    auth_failures_per_minute: int = Field(default=20, ge=1)
+
+    def resolved_state_dir(self) -> Path:
+        return (self.state_dir or self.cache_dir / "state").resolve()
+
+    def resolved_governance_file(self) -> Path:
+        return (self.governance_file or self.resolved_state_dir() / "governance.yaml").resolve()
+
+    def resolved_audit_dir(self) -> Path:
+        return (self.audit_dir or self.resolved_state_dir() / "audit").resolve()
+
+    def resolved_admin_token_file(self) -> Path:
+        return (self.admin_token_file or self.resolved_state_dir() / "admin-token").resolve()

@@ -138,6 +138,9 @@ from service.governance.store.base import Quota, Reservation, Usage
 
 async def main(url, state_dir):
     store = open_store(url, Path(state_dir))
+    await store.kill_version()  # connected and warm
+    print("ready", flush=True)
+    sys.stdin.readline()  # both start together
     quota = Quota("tokens_per_day", "tenant:shared", 400)
     rpm = Quota("requests_per_minute", "tenant:shared", 100000)
     admitted = 0
@@ -156,9 +159,19 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 
 def test_two_processes_sharing_one_limit_admit_exactly_it(store_url: str, tmp_path: Path) -> None:
     workers = [
-        subprocess.Popen([sys.executable, "-c", _WORKER, store_url, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, store_url, str(tmp_path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
+    for worker in workers:
+        assert worker.stdout.readline().strip() == "ready"
+    for worker in workers:
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
     counts = [int(worker.communicate(timeout=120)[0]) for worker in workers]
     assert all(worker.returncode == 0 for worker in workers)
     assert abs(sum(counts) - 400) <= 20, counts  # within 5% (exact for these stores)

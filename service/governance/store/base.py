@@ -17,6 +17,7 @@ Semantics every backend implements (``tests/governance/store_contract.py``):
   leases; days and months are UTC;
 * settling returns the unused part of the reservation to the token bucket,
   adds the used tokens to the budgets and to the usage table, and ends the lease;
+* a reservation carries at most one quota of each kind (``governor.effective`` makes them so);
 * kills are persistent scopes (``all``, ``model:<id>``, ``tenant:<id>``,
   ``key:<id>``) with a version that changes on every kill or revival.
 """
@@ -131,7 +132,7 @@ class Store(Protocol):
     async def kills(self) -> KillState: ...
 
     async def last_used(self) -> dict[str, float]:
-        """Key id -> unix time of its last admitted request."""
+        """Key id -> unix time of its last request (recorded when the request settles)."""
         ...
 
     async def usage(self, since: str | None = None, until: str | None = None) -> list[UsageRow]:

@@ -1,0 +1,364 @@
+"""The governance decision for every API request, in the ingress process.
+
+Plain Python: the ingress hands it the ``Authorization`` header, the client
+address and the parsed body; it answers with a :class:`Ticket` (the shaped
+request to forward) or raises a :class:`Refusal`. Key lookup and policy are
+in memory; one atomic store call admits the request against every counted
+limit, and one settles it on the engine's usage afterwards. Every decision is
+an audit record written before forwarding; the outcome completes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from service.config.schema import ModelConfig, ServiceConfig
+from service.governance.keys import Principal, bearer
+from service.governance.params import Shaped, shape_request
+from service.governance.policy import ALL_MODELS, Limits, Parameters
+from service.governance.records import AuditTrail
+from service.governance.refusal import Refusal
+from service.governance.reload import PolicyHolder
+from service.governance.store.base import LIMIT_KINDS, Admission, Quota, Reservation, Store, StoreUnavailable, Usage
+from service.observability.metrics import GovernanceMetrics
+
+log = logging.getLogger(__name__)
+
+_RATE_LIMITED = {"requests_per_minute", "tokens_per_minute", "max_concurrent_requests"}
+
+
+@dataclass(frozen=True)
+class GovernanceOptions:
+    fail_open: bool = False
+    lease_ttl_s: float = 30.0
+    auth_failures_per_minute: int = 20
+    kill_poll_s: float = 0.25
+    cache_salt_secret: bytes = b""
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One admitted request, from decision to settlement."""
+
+    request_id: str
+    principal: Principal
+    model: ModelConfig
+    route: str
+    shaped: Shaped
+    reservation: Reservation
+    lease_id: str | None
+    headers: dict[str, str]
+    started: float
+    client: str
+    task: asyncio.Task[Any] | None = None
+    killed: str | None = None
+    settled: bool = field(default=False)
+
+    def kill(self, message: str) -> None:
+        if self.killed is None:
+            self.killed = message
+            if self.task is not None and not self.task.done():
+                self.task.cancel()
+
+
+def ratelimit_headers(admission: Admission) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for kind, state in (("requests", admission.requests), ("tokens", admission.tokens)):
+        if state is not None:
+            headers[f"x-ratelimit-limit-{kind}"] = str(state.limit)
+            headers[f"x-ratelimit-remaining-{kind}"] = str(state.remaining)
+            headers[f"x-ratelimit-reset-{kind}"] = f"{state.reset_s:.3f}s"
+    return headers
+
+
+def effective(principal: Principal) -> tuple[Limits, Parameters, tuple[Quota, ...]]:
+    """The tenant's policy with the key's overrides; quotas counted per their owner."""
+    tenant, key = principal.tenant, principal.key
+    limits = tenant.limits.model_copy(update=key.limits) if key.limits else tenant.limits
+    params = tenant.parameters.model_copy(update=key.parameters) if key.parameters else tenant.parameters
+    quotas = []
+    for kind in LIMIT_KINDS:
+        value = getattr(limits, kind)
+        if value is not None:
+            scope = f"key:{key.id}" if kind in key.limits else f"tenant:{tenant.id}"
+            quotas.append(Quota(kind, scope, value))
+    return limits, params, tuple(quotas)
+
+
+class Governor:
+    """Authentication, authorisation, limits, kills and audit for one ingress process."""
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        policy: PolicyHolder,
+        store: Store,
+        trail: AuditTrail,
+        metrics: GovernanceMetrics,
+        options: GovernanceOptions,
+    ) -> None:
+        self._names = config.model_by_name()
+        self._models = {m.id: m for m in config.models}
+        self.policy = policy
+        self.store = store
+        self.trail = trail
+        self._metrics = metrics
+        self._options = options
+        self._kills: dict[str, dict[str, object]] = {}
+        self._kill_version = -1
+        self._throttled: dict[str, float] = {}
+        self.active: set[Ticket] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            await self.refresh_kills()
+        except StoreUnavailable as error:
+            log.error("governance state store unavailable at start: %s", error)
+        self._tasks = [
+            asyncio.create_task(self._watch_kills()),
+            asyncio.create_task(self._listen_kills()),
+            asyncio.create_task(self._renew_leases()),
+            asyncio.create_task(self.policy.watch()),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.store.close()
+        self.trail.close()
+
+    # -- authentication ----------------------------------------------------
+
+    async def authenticate(self, authorization: str | None, client: str) -> Principal:
+        now = time.monotonic()
+        if self._throttled.get(client, 0.0) > now:
+            raise self._throttle(self._throttled[client] - now)
+        presented = bearer(authorization)
+        principal = self.policy.index.lookup(presented) if presented else None
+        if principal is None:
+            reason = "missing_api_key" if presented is None else "invalid_api_key"
+            message = (
+                "You didn't provide an API key. Send it as `Authorization: Bearer pk-…`."
+                if presented is None
+                else "Incorrect API key provided."
+            )
+            raise await self._auth_failure(client, Refusal(reason, message))
+        key = principal.key
+        if not key.enabled or key.expired(datetime.now(UTC)):
+            state = "disabled" if not key.enabled else "expired"
+            raise await self._auth_failure(client, Refusal("invalid_api_key", f"This API key is {state}."))
+        if not principal.tenant.enabled:
+            raise Refusal("tenant_disabled", "This API key's organization is disabled.")
+        return principal
+
+    def _throttle(self, wait_s: float) -> Refusal:
+        retry = max(1, round(wait_s))
+        return Refusal("auth_throttled", "Too many failed authentication attempts; retry later.", retry_after_s=retry)
+
+    async def _auth_failure(self, client: str, refusal: Refusal) -> Refusal:
+        try:
+            wait = await self.store.hit(f"authfail:{client}", self._options.auth_failures_per_minute)
+        except StoreUnavailable:
+            return refusal
+        if wait > 0:
+            self._throttled[client] = time.monotonic() + wait
+            if len(self._throttled) > 10_000:
+                self._throttled = {c: t for c, t in self._throttled.items() if t > time.monotonic()}
+            return self._throttle(wait)
+        return refusal
+
+    # -- authorisation -----------------------------------------------------
+
+    def allowed(self, principal: Principal) -> set[str]:
+        """Model ids this principal may use."""
+        names = principal.key.models if principal.key.models is not None else principal.tenant.models
+        if ALL_MODELS in names:
+            return set(self._models)
+        return {self._names[n].id for n in names if n in self._names}
+
+    def resolve(self, principal: Principal, name: str) -> ModelConfig | None:
+        model = self._names.get(name)
+        if model is None or model.id not in self.allowed(principal):
+            return None
+        return model
+
+    def _check_kills(self, principal: Principal, model: ModelConfig) -> None:
+        for scope in ("all", f"model:{model.id}", f"tenant:{principal.tenant.id}", f"key:{principal.key.id}"):
+            if scope in self._kills:
+                raise Refusal("killed", _kill_message(scope, model), detail=scope)
+
+    async def admit(
+        self, principal: Principal, model: ModelConfig, route: str, body: dict[str, Any], request_id: str, client: str
+    ) -> Ticket:
+        started = time.monotonic()
+        self._check_kills(principal, model)
+        _, params, quotas = effective(principal)
+        shaped = shape_request(
+            route,
+            body,
+            params,
+            max_model_len=model.max_model_len or 2048,
+            cache_salt=self._cache_salt(principal) if model.task == "generate" else None,
+        )
+        reservation = Reservation(
+            request_id, principal.tenant.id, principal.key.id, model.id, shaped.reserve_tokens, quotas
+        )
+        admission = await self._admit(reservation)
+        if not admission.admitted:
+            raise _limit_refusal(admission, reservation)
+        ticket = Ticket(
+            request_id,
+            principal,
+            model,
+            route,
+            shaped,
+            reservation,
+            admission.lease_id,
+            ratelimit_headers(admission),
+            started,
+            client,
+            task=asyncio.current_task(),
+        )
+        self.active.add(ticket)
+        self._metrics.decision_seconds.observe(time.monotonic() - started)
+        return ticket
+
+    async def _admit(self, reservation: Reservation) -> Admission:
+        try:
+            return await self.store.admit(reservation, self._options.lease_ttl_s)
+        except StoreUnavailable as error:
+            self._metrics.store_errors.labels("admit").inc()
+            if self._options.fail_open:
+                log.error("governance store unavailable, admitting without limits (fail-open): %s", error)
+                return Admission(True)
+            log.error("governance store unavailable, refusing (fail-closed): %s", error)
+            raise Refusal(
+                "store_unavailable",
+                "Paddock cannot check this request's limits right now (governance state store "
+                "unavailable); retry later.",
+                retry_after_s=5,
+            ) from None
+
+    def _cache_salt(self, principal: Principal) -> str:
+        material = self._options.cache_salt_secret + principal.tenant.id.encode()
+        return hashlib.sha256(material).hexdigest()[:32]
+
+    # -- settlement --------------------------------------------------------
+
+    async def settle(self, ticket: Ticket, usage: Usage | None) -> None:
+        """Settle on the engine's usage (the whole reservation if it is unknown)."""
+        if ticket.settled:
+            return
+        ticket.settled = True
+        self.active.discard(ticket)
+        charged = usage or Usage(ticket.reservation.tokens, 0)
+        try:
+            await self.store.settle(ticket.reservation, ticket.lease_id, charged)
+        except StoreUnavailable as error:
+            self._metrics.store_errors.labels("settle").inc()
+            log.error("could not settle request %s: %s", ticket.request_id, error)
+
+    # -- background --------------------------------------------------------
+
+    async def refresh_kills(self) -> None:
+        version = await self.store.kill_version()
+        if version == self._kill_version:
+            return
+        state = await self.store.kills()
+        self._kills, self._kill_version = dict(state.scopes), state.version
+        for ticket in list(self.active):
+            try:
+                self._check_kills(ticket.principal, ticket.model)
+            except Refusal as refusal:
+                ticket.kill(refusal.message)
+
+    async def _watch_kills(self) -> None:
+        while True:
+            await asyncio.sleep(self._options.kill_poll_s)
+            try:
+                await self.refresh_kills()
+            except StoreUnavailable as error:
+                self._metrics.store_errors.labels("kills").inc()
+                log.warning("cannot read kill state: %s", error)
+            except Exception:  # noqa: BLE001 - the watcher must outlive any bug
+                log.exception("kill watcher failed")
+
+    async def _listen_kills(self) -> None:
+        """Stores with pub/sub (Redis) announce kills at once; the poll above is the fallback."""
+        subscribe = getattr(self.store, "subscribe_kills", None)
+        if subscribe is None:
+            return
+        while True:
+            try:
+                async for _ in subscribe():
+                    await self.refresh_kills()
+            except StoreUnavailable as error:
+                log.warning("kill subscription lost, polling only until it is back: %s", error)
+            except Exception:  # noqa: BLE001
+                log.exception("kill subscription failed")
+            await asyncio.sleep(1.0)
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self._options.lease_ttl_s / 3)
+            leases = [t.lease_id for t in self.active if t.lease_id]
+            try:
+                await self.store.renew(leases, self._options.lease_ttl_s)
+            except StoreUnavailable as error:
+                self._metrics.store_errors.labels("renew").inc()
+                log.warning("cannot renew %d leases: %s", len(leases), error)
+            except Exception:  # noqa: BLE001
+                log.exception("lease renewal failed")
+
+    def kill_state(self) -> dict[str, dict[str, object]]:
+        return dict(self._kills)
+
+    def model_ids(self) -> list[str]:
+        return list(self._models)
+
+
+def _kill_message(scope: str, model: ModelConfig) -> str:
+    if scope == "all":
+        return "Paddock is disabled by its operators; do not retry."
+    if scope.startswith("model:"):
+        return f"The model `{model.id}` is disabled by its operators; do not retry."
+    return "This API key is disabled by its operators; do not retry."
+
+
+def _limit_refusal(admission: Admission, reservation: Reservation) -> Refusal:
+    headers = ratelimit_headers(admission)
+    kind = admission.reason or "requests_per_minute"
+    if kind in _RATE_LIMITED:
+        if admission.retry_after_s <= 0:  # larger than the limit itself: waiting will not help
+            return Refusal(
+                "rate_limited",
+                f"This request may use up to {reservation.tokens} tokens, more than your limit of "
+                "tokens per minute; lower max_tokens or the prompt.",
+                headers={**headers, "x-should-retry": "false"},
+                detail=kind,
+            )
+        return Refusal(
+            "rate_limited",
+            f"Rate limit reached ({kind.replace('_', ' ')}); retry after {admission.retry_after_s:.1f}s.",
+            retry_after_s=max(1, round(admission.retry_after_s + 0.499)),
+            headers=headers,
+            detail=kind,
+        )
+    period = "daily" if kind == "tokens_per_day" else "monthly"
+    return Refusal(
+        "insufficient_quota",
+        f"You exceeded your {period} token budget (this request may use up to {reservation.tokens} tokens); "
+        "lower max_tokens or wait for the budget to reset.",
+        headers={**headers, "x-should-retry": "false"},
+        detail=kind,
+    )

@@ -1,0 +1,281 @@
+"""The request parameter policy: what one request may ask of a model.
+
+:func:`shape_request` checks a parsed request body against a key's
+:class:`~service.governance.policy.Parameters` and returns the body to forward
+(a modified shallow copy; the input is never mutated) with the worst-case
+token reservation the store admits it against. Plain Python, no web framework:
+the ingress maps a :class:`~service.governance.refusal.Refusal` to HTTP.
+
+Only OpenAI's documented request fields pass; anything else (vLLM extensions
+such as ``cache_salt``, ``priority``, ``top_k``, ...) is refused as an unknown
+parameter unless the tenant's ``allowed_fields`` names it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from service.governance.policy import Parameters
+from service.governance.refusal import Refusal
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+RESPONSES = "/v1/responses"
+EMBEDDINGS = "/v1/embeddings"
+
+# OpenAI's documented request fields, per route.
+FIELDS: dict[str, frozenset[str]] = {
+    CHAT: frozenset(
+        "model messages audio frequency_penalty function_call functions logit_bias logprobs max_completion_tokens"
+        " max_tokens metadata modalities n parallel_tool_calls prediction presence_penalty prompt_cache_key"
+        " prompt_cache_retention reasoning_effort response_format safety_identifier seed service_tier stop store"
+        " stream stream_options temperature tool_choice tools top_logprobs top_p user verbosity web_search_options".split()
+    ),
+    COMPLETIONS: frozenset(
+        "model prompt best_of echo frequency_penalty logit_bias logprobs max_tokens n presence_penalty seed stop"
+        " stream stream_options suffix temperature top_p user".split()
+    ),
+    RESPONSES: frozenset(
+        "model input instructions max_output_tokens max_tool_calls metadata parallel_tool_calls previous_response_id"
+        " reasoning store stream stream_options temperature text tool_choice tools top_logprobs top_p truncation user"
+        " background include prompt prompt_cache_key prompt_cache_retention safety_identifier service_tier"
+        " conversation".split()
+    ),
+    EMBEDDINGS: frozenset("model input dimensions encoding_format user".split()),
+}
+
+# Fields bounding output per choice; the first is the one set to the cap when none is given.
+_OUTPUT_FIELDS = {
+    CHAT: ("max_completion_tokens", "max_tokens"),
+    COMPLETIONS: ("max_tokens",),
+    RESPONSES: ("max_output_tokens",),
+    EMBEDDINGS: (),
+}
+_BATCHED = {COMPLETIONS: "prompt", EMBEDDINGS: "input"}  # routes taking a list of prompts, and its field
+_CHOICE_FIELDS = {CHAT: ("n",), COMPLETIONS: ("best_of", "n"), RESPONSES: (), EMBEDDINGS: ()}
+# Fields whose text reaches the model as prompt tokens.
+_PROMPT_FIELDS = {
+    CHAT: ("messages", "tools", "functions"),
+    COMPLETIONS: ("prompt", "suffix"),
+    RESPONSES: ("instructions", "input", "tools"),
+    EMBEDDINGS: ("input",),
+}
+# Responses fields that pull in prompt text stored server-side, of unknown size.
+_STORED_CONTEXT = ("previous_response_id", "conversation", "prompt")
+# Content parts whose token count is not bounded by their JSON size (an image URL of 40 bytes
+# can cost a thousand tokens): a prompt holding one is bounded by the per-prompt ceiling instead.
+_OPAQUE_PARTS = re.compile(
+    r'"(?:image_url|input_image|input_audio|audio_url|video_url|input_file|file|image_embeds|image_pil)"'
+)
+TEMPLATE_TOKENS = 16  # chat-template allowance per message (role markers, BOS, separators)
+TOOLS_TOKENS = 256  # allowance for the instructions a chat template wraps around tool schemas
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+@dataclass(frozen=True)
+class Shaped:
+    """A request as governance forwards it."""
+
+    body: dict[str, Any]  # the request to forward (a modified copy; never the input)
+    reserve_tokens: int  # worst-case tokens this request can consume (prompt + all outputs)
+    max_prompt_tokens: int | None  # for the replica to enforce with the real tokenizer
+    timeout_s: float | None
+    stream: bool
+    include_usage: bool  # the client asked for the usage chunk (stream_options.include_usage)
+
+
+def shape_request(
+    route: str, body: dict[str, Any], params: Parameters, *, max_model_len: int, cache_salt: str | None
+) -> Shaped:
+    """Check ``body`` against ``params`` and shape it for forwarding; raise :class:`Refusal` if it may not pass.
+
+    ``reserve_tokens`` is a worst-case bound computed without a tokenizer:
+
+    * prompt: the UTF-8 byte length of the JSON-encoded prompt-bearing fields (messages, tools, functions /
+      prompt, suffix / input, instructions, tools; the mandatory system prompt included), since a byte-level BPE token
+      covers at least one byte, plus ``TEMPLATE_TOKENS`` per message or prompt (and ``TOOLS_TOKENS`` when tools
+      are given) for the chat template. It is capped per prompt at ``max_prompt_tokens`` and ``max_model_len``;
+      a prompt whose size JSON does not bound (images, audio, video, files, or a Responses request continuing
+      stored context) is taken at that cap.
+    * output: ``max_output_tokens`` per choice (the requested value after clamping, else the key's cap, else
+      ``max_model_len``), times ``max(n, best_of)`` choices, times the number of prompts in a batched legacy
+      completion. No sequence outlives ``max_model_len``, which bounds the total again.
+    * embeddings: the prompt bound alone (capped per input).
+
+    The store settles on the engine's real usage afterwards, so over-reserving only delays a request near a
+    limit; it never over-charges.
+    """
+    fields = FIELDS.get(route)
+    if fields is None:
+        raise ValueError(f"no parameter policy for route {route!r}")
+    _check_fields(body, fields, params.allowed_fields)
+    shaped = dict(body)
+    stream, include_usage = _shape_stream(route, shaped)
+    out = _shape_output(route, shaped, params, max_model_len)
+    choices = _check_choices(route, shaped, params.max_n)
+    _apply_system_prompt(route, shaped, params.system_prompt)
+    if cache_salt is not None and route != EMBEDDINGS and shaped.get("cache_salt") is None:
+        shaped["cache_salt"] = cache_salt
+    return Shaped(
+        body=shaped,
+        reserve_tokens=_reserve(route, shaped, params.max_prompt_tokens, max_model_len, out, choices),
+        max_prompt_tokens=params.max_prompt_tokens,
+        timeout_s=params.request_timeout_s,
+        stream=stream,
+        include_usage=include_usage,
+    )
+
+
+def _invalid(param: str, message: str) -> Refusal:
+    return Refusal("invalid_parameter", message, param=param)
+
+
+def _check_fields(body: dict[str, Any], fields: frozenset[str], allowed: tuple[str, ...]) -> None:
+    if fields.issuperset(body):
+        return
+    unknown = body.keys() - fields
+    if unknown and allowed:
+        unknown.difference_update(allowed)
+    if unknown:
+        name = str(min(unknown, key=str))
+        raise Refusal("unknown_parameter", f"Unrecognized request argument supplied: {name}", param=name)
+
+
+def _shape_stream(route: str, shaped: dict[str, Any]) -> tuple[bool, bool]:
+    """Validate ``stream``/``stream_options``; make chat and completion streams carry usage for accounting."""
+    if route == EMBEDDINGS:
+        return False, False
+    stream = shaped.get("stream")
+    if stream is None:
+        stream = False
+    elif type(stream) is not bool:
+        raise _invalid("stream", "stream must be a boolean.")
+    options = shaped.get("stream_options")
+    asked = False
+    if options is not None:
+        if not isinstance(options, dict):
+            raise _invalid("stream_options", "stream_options must be an object.")
+        asked = options.get("include_usage")
+        if asked is None:
+            asked = False
+        elif type(asked) is not bool:
+            raise _invalid("stream_options", "stream_options.include_usage must be a boolean.")
+    if not stream:
+        return False, False
+    if route == RESPONSES:  # Responses streams end with usage in response.completed
+        return True, True
+    shaped["stream_options"] = {**(options or {}), "include_usage": True}
+    return True, asked
+
+
+def _shape_output(route: str, shaped: dict[str, Any], params: Parameters, max_model_len: int) -> int:
+    """Validate and cap the output fields; return the most tokens one choice may generate."""
+    names = _OUTPUT_FIELDS[route]
+    if not names:
+        return 0
+    cap = params.max_output_tokens
+    out: int | None = None
+    for name in names:
+        value = shaped.get(name)
+        if value is None:
+            continue
+        if type(value) is not int or value < 1:
+            raise _invalid(name, f"{name} must be an integer of at least 1.")
+        if cap is not None and value > cap:
+            if params.output_tokens_over_cap == "reject":
+                raise _invalid(name, f"{name} is {value} but this key allows at most {cap} output tokens.")
+            shaped[name] = value = cap
+        out = value if out is None else max(out, value)
+    if out is None:
+        if cap is None:
+            return max_model_len
+        shaped[names[0]] = out = cap
+    return min(out, max_model_len)
+
+
+def _check_choices(route: str, shaped: dict[str, Any], max_n: int) -> int:
+    """Validate ``best_of`` and ``n`` against the key's ``max_n``; return the number of sequences per prompt."""
+    choices = 1
+    for name in _CHOICE_FIELDS[route]:
+        value = shaped.get(name)
+        if value is None:
+            continue
+        if type(value) is not int or value < 1:
+            raise _invalid(name, f"{name} must be an integer of at least 1.")
+        if value > max_n:
+            raise _invalid(name, f"{name} is {value} but this key allows at most {max_n}.")
+        choices = max(choices, value)
+    return choices
+
+
+def _apply_system_prompt(route: str, shaped: dict[str, Any], prompt: str | None) -> None:
+    if route == CHAT:
+        messages = shaped.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise _invalid("messages", "messages must be a non-empty list.")
+        if prompt:
+            shaped["messages"] = [{"role": "system", "content": prompt}, *messages]
+    elif not prompt:
+        return
+    elif route == COMPLETIONS:
+        shaped["prompt"] = _prefixed_prompt(shaped.get("prompt"), prompt + "\n\n")
+    elif route == RESPONSES:
+        instructions = shaped.get("instructions")
+        if instructions is not None and not isinstance(instructions, str):
+            raise _invalid("instructions", "instructions must be a string.")
+        shaped["instructions"] = f"{prompt}\n\n{instructions}" if instructions else prompt
+
+
+def _prefixed_prompt(value: Any, prefix: str) -> str | list[str]:
+    if isinstance(value, str):
+        return prefix + value
+    if isinstance(value, list):
+        if all(isinstance(item, str) for item in value):
+            return [prefix + item for item in value]
+        if all(isinstance(item, int | list) for item in value):
+            raise _invalid("prompt", "token prompts cannot be combined with this key's mandatory system prompt.")
+    raise _invalid("prompt", "prompt must be a string or a list of strings.")
+
+
+def _batch_size(value: Any) -> int:
+    """How many prompts a legacy-completion ``prompt`` or an embeddings ``input`` holds."""
+    if isinstance(value, list) and value and isinstance(value[0], str | list):
+        return len(value)
+    return 1
+
+
+def _reserve(route: str, shaped: dict[str, Any], max_prompt: int | None, max_model_len: int, out: int, n: int) -> int:
+    batched = _BATCHED.get(route)
+    prompts = 1 if batched is None else _batch_size(shaped.get(batched))
+    per_prompt = max_model_len if max_prompt is None else min(max_prompt, max_model_len)
+    ceiling = per_prompt * prompts
+    if route == RESPONSES and any(shaped.get(name) is not None for name in _STORED_CONTEXT):
+        bound = ceiling
+    else:
+        text = _ENCODER.encode(list(map(shaped.get, _PROMPT_FIELDS[route])))
+        if _OPAQUE_PARTS.search(text):
+            bound = ceiling
+        else:
+            size = len(text) if text.isascii() else len(text.encode())
+            bound = min(ceiling, size + _template_tokens(route, shaped, prompts))
+    if route == EMBEDDINGS:
+        return bound
+    sequences = n * prompts
+    return min(max_model_len * sequences, bound + out * sequences)
+
+
+def _template_tokens(route: str, shaped: dict[str, Any], prompts: int) -> int:
+    if route == CHAT:
+        units = len(shaped["messages"])
+        tools = shaped.get("tools") or shaped.get("functions")
+    elif route == RESPONSES:
+        given = shaped.get("input")
+        units = (len(given) if isinstance(given, list) else 1) + (1 if shaped.get("instructions") else 0)
+        tools = shaped.get("tools")
+    else:
+        return TEMPLATE_TOKENS * prompts
+    return TEMPLATE_TOKENS * units + (TOOLS_TOKENS if tools else 0)

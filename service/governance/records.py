@@ -1,0 +1,165 @@
+"""Audit records: one per request (which is also its access-log line) and one per admin action.
+
+A refused request is one record. An admitted request's record is written in
+two parts linked by its request id: the decision before the request is
+forwarded (so a process killed with SIGKILL loses nothing it admitted), and
+the outcome — status, tokens, latency — when it ends. No prompt or completion
+text unless the tenant opted in, and then with secrets redacted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from service.governance.audit import redact
+from service.governance.keys import Principal
+from service.governance.store.base import Usage
+from service.observability.metrics import GovernanceMetrics
+
+log = logging.getLogger(__name__)
+
+
+class Writer(Protocol):
+    def write(self, record: dict[str, Any]) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def prompt_text(body: dict[str, Any]) -> str:
+    fields = {k: body[k] for k in ("instructions", "messages", "prompt", "input") if k in body}
+    return redact(json.dumps(fields, ensure_ascii=False))
+
+
+class AuditTrail:
+    """Builds the records and writes them through one hash-chained writer."""
+
+    def __init__(self, writer: Writer | None, metrics: GovernanceMetrics) -> None:
+        self._writer = writer
+        self.metrics = metrics
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self._writer is None:
+            return
+        try:
+            self._writer.write(record)
+        except Exception:  # noqa: BLE001 - counted and logged; alerting watches the counter
+            self.metrics.audit_write_failures.inc()
+            log.exception("audit record not written: %s", record.get("request_id"))
+
+    def refused(
+        self,
+        *,
+        request_id: str,
+        route: str,
+        client: str,
+        reason: str,
+        detail: str | None,
+        status: int,
+        started: float,
+        principal: Principal | None = None,
+        model: str | None = None,
+    ) -> None:
+        self.metrics.decisions.labels("deny", reason).inc()
+        tenant = principal.tenant.id if principal else None
+        if reason in ("rate_limited", "insufficient_quota"):
+            self.metrics.rate_limited.labels(tenant or "unknown", detail or reason).inc()
+        if reason == "killed":
+            self.metrics.killed.labels((detail or "all").split(":")[0]).inc()
+        if principal is not None and model is not None:
+            self.metrics.requests.labels(model, tenant, str(status)).inc()
+        self._write(
+            {
+                "time": _now(),
+                "event": "request",
+                "phase": "refused",
+                "request_id": request_id,
+                "route": route,
+                "client": client,
+                "tenant": tenant,
+                "key_id": principal.key.id if principal else None,
+                "model": model,
+                "decision": "deny",
+                "reason": reason,
+                "detail": detail,
+                "status": status,
+                "latency_s": round(time.monotonic() - started, 6),
+            }
+        )
+
+    def admitted(self, ticket: Any) -> None:
+        self.metrics.decisions.labels("allow", "admitted").inc()
+        self.metrics.inflight.inc()
+        record = {
+            "time": _now(),
+            "event": "request",
+            "phase": "admitted",
+            "request_id": ticket.request_id,
+            "route": ticket.route,
+            "client": ticket.client,
+            "tenant": ticket.principal.tenant.id,
+            "key_id": ticket.principal.key.id,
+            "model": ticket.model.id,
+            "decision": "allow",
+            "reason": "admitted",
+            "reserved_tokens": ticket.reservation.tokens,
+            "stream": ticket.shaped.stream,
+        }
+        if ticket.principal.tenant.audit.include_text:
+            record["prompt"] = prompt_text(ticket.shaped.body)
+        self._write(record)
+
+    def completed(
+        self, ticket: Any, *, status: int, usage: Usage | None, outcome: str, completion: str | None = None
+    ) -> None:
+        self.metrics.inflight.dec()
+        tenant, model = ticket.principal.tenant.id, ticket.model.id
+        self.metrics.requests.labels(model, tenant, str(status)).inc()
+        if usage is not None:
+            self.metrics.tokens.labels(model, tenant, "prompt").inc(usage.prompt_tokens)
+            self.metrics.tokens.labels(model, tenant, "completion").inc(usage.completion_tokens)
+        if outcome == "killed":
+            self.metrics.killed.labels("stream").inc()
+        record = {
+            "time": _now(),
+            "event": "request",
+            "phase": "completed",
+            "request_id": ticket.request_id,
+            "tenant": tenant,
+            "key_id": ticket.principal.key.id,
+            "model": model,
+            "status": status,
+            "outcome": outcome,
+            "prompt_tokens": usage.prompt_tokens if usage else None,
+            "completion_tokens": usage.completion_tokens if usage else None,
+            "charged_tokens": usage.total if usage else ticket.reservation.tokens,
+            "latency_s": round(time.monotonic() - ticket.started, 6),
+        }
+        if completion is not None and ticket.principal.tenant.audit.include_text:
+            record["completion"] = redact(completion)
+        self._write(record)
+
+    def admin(self, *, actor: str, action: str, target: str, before: Any, after: Any, client: str) -> None:
+        self._write(
+            {
+                "time": _now(),
+                "event": "admin",
+                "actor": actor,
+                "action": action,
+                "target": target,
+                "before": before,
+                "after": after,
+                "client": client,
+            }
+        )
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
