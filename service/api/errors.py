@@ -130,3 +130,33 @@ def normalise_error_body(status: int, body: bytes) -> APIError:
         code=error.get("code") if isinstance(error.get("code"), str) else fallback.code,
         param=error.get("param") if isinstance(error.get("param"), str) else None,
     )
+
+
+# Governance refusals (``service.governance.refusal``): reason -> (status, type, code).
+_REFUSALS: dict[str, tuple[int, str, str]] = {
+    "missing_api_key": (401, "invalid_request_error", "invalid_api_key"),
+    "invalid_api_key": (401, "invalid_request_error", "invalid_api_key"),
+    "auth_throttled": (429, "rate_limit_error", "rate_limit_exceeded"),
+    "tenant_disabled": (403, "permission_error", "tenant_disabled"),
+    "killed": (503, "server_error", "disabled_by_operator"),
+    "invalid_parameter": (400, "invalid_request_error", "invalid_value"),
+    "unknown_parameter": (400, "invalid_request_error", "unknown_parameter"),
+    "rate_limited": (429, "rate_limit_error", "rate_limit_exceeded"),
+    "insufficient_quota": (429, "insufficient_quota", "insufficient_quota"),
+    "store_unavailable": (503, "server_error", "governance_unavailable"),
+}
+
+
+def from_refusal(refusal) -> APIError:  # type: ignore[no-untyped-def] - a governance Refusal
+    """A governance refusal in OpenAI's shape, with its status and headers."""
+    if refusal.reason == "model_not_found":
+        return model_not_found(refusal.param or "")
+    status, kind, code = _REFUSALS[refusal.reason]
+    headers = dict(refusal.headers)
+    if refusal.retry_after_s is not None:
+        headers["retry-after"] = str(int(refusal.retry_after_s))
+    if refusal.reason == "killed":
+        headers["x-should-retry"] = "false"
+    if status == 401:
+        headers["www-authenticate"] = 'Bearer realm="paddock"'
+    return APIError(status, refusal.message, type=kind, code=code, param=refusal.param, headers=headers)

@@ -9,15 +9,18 @@ current). This module knows nothing of Ray or vLLM.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import json
 import logging
 import random
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from service.api import errors
 from service.api.asgi import (
     REQUEST_ID_HEADER,
+    Disconnected,
     Receive,
     Scope,
     Send,
@@ -28,8 +31,23 @@ from service.api.asgi import (
     request_id,
     send_json,
 )
-from service.api.upstream import FORWARDED_HEADERS, Endpoint, Upstream, UpstreamUnreachable, read_error, relay
+from service.api.upstream import (
+    FORWARDED_HEADERS,
+    MAX_PROMPT_TOKENS_HEADER,
+    Endpoint,
+    RelayState,
+    Upstream,
+    UpstreamUnreachable,
+    end_early,
+    read_error,
+    relay,
+)
+from service.api.usage import UsageTap
 from service.config.schema import ModelConfig, ServiceConfig
+from service.governance.governor import Governor, Ticket
+from service.governance.keys import Principal
+from service.governance.refusal import Refusal
+from service.governance.store.base import Usage
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +84,20 @@ def pick(endpoints: Sequence[Endpoint]) -> Endpoint:
 class IngressApp:
     """The ASGI application behind the public port."""
 
-    def __init__(self, config: ServiceConfig, directory: Directory, upstream: Upstream) -> None:
+    def __init__(
+        self,
+        config: ServiceConfig,
+        directory: Directory,
+        upstream: Upstream,
+        governor: Governor | None = None,
+        trusted_proxies: Sequence[str] = (),
+    ) -> None:
         self._config = config
         self._names = config.model_by_name()
         self._directory = directory
         self._upstream = upstream
+        self._governor = governor
+        self._trusted = [ipaddress.ip_network(net, strict=False) for net in trusted_proxies]
         self._created = int(time.time())
         self._inflight = 0
         self.draining = False
@@ -110,11 +137,15 @@ class IngressApp:
         elif path in ("/health", "/ready", "/v1/models") or path.startswith("/v1/models/"):
             if method not in ("GET", "HEAD"):
                 raise errors.method_not_allowed(method, path)
-            await self._get(path, send, headers)
+            principal = None
+            if path.startswith("/v1/") and self._governor is not None:
+                principal = await self._authenticate(scope, rid, path, time.monotonic())
+            await self._get(path, send, headers, principal)
         else:
             raise errors.route_not_found(path)
 
-    async def _get(self, path: str, send: Send, headers: list[tuple[str, str]]) -> None:
+    async def _get(self, path: str, send: Send, headers: list[tuple[str, str]], principal: Principal | None) -> None:
+        allowed = self._governor.allowed(principal) if self._governor and principal else None
         if path == "/health":
             await send_json(send, 200, {"status": "ok"}, headers)
         elif path == "/ready":
@@ -122,11 +153,11 @@ class IngressApp:
                 raise errors.unavailable("Paddock is not ready to accept traffic.")
             await send_json(send, 200, {"status": "ready"}, headers)
         elif path == "/v1/models":
-            data = [self._model_card(model) for model in self._config.models]
+            data = [self._model_card(m) for m in self._config.models if allowed is None or m.id in allowed]
             await send_json(send, 200, {"object": "list", "data": data}, headers)
         else:
             model = self._names.get(path.removeprefix("/v1/models/"))
-            if model is None:
+            if model is None or (allowed is not None and model.id not in allowed):
                 raise errors.model_not_found(path.removeprefix("/v1/models/"))
             await send_json(send, 200, self._model_card(model), headers)
 
@@ -148,12 +179,15 @@ class IngressApp:
             "status": {"state": state, "replicas": replicas},
         }
 
-    def _parse(self, body: bytes, path: str) -> tuple[dict[str, object], ModelConfig]:
+    def _parse(self, body: bytes, path: str, principal: Principal | None) -> tuple[dict[str, Any], ModelConfig]:
         request = json_object(body)
         name = request.get("model")
         if not isinstance(name, str) or not name:
             raise errors.invalid_request("`model` is required and must be a string.", param="model")
-        model = self._names.get(name)
+        if principal is not None and self._governor is not None:
+            model = self._governor.resolve(principal, name)  # not allowed reads exactly as unknown
+        else:
+            model = self._names.get(name)
         if model is None:
             raise errors.model_not_found(name)
         if API_ROUTES[path] != model.task:
@@ -162,14 +196,66 @@ class IngressApp:
             )
         return request, model
 
+    def client_address(self, scope: Scope) -> str:
+        """The real client: ``X-Forwarded-For`` is believed only from trusted proxies."""
+        peer = (scope.get("client") or ("unknown", 0))[0]
+        forwarded = header(scope, b"x-forwarded-for")
+        if not forwarded or not self._trusted:
+            return peer
+        for hop in [peer, *reversed([h.strip() for h in forwarded.split(",")])]:
+            try:
+                address = ipaddress.ip_address(hop)
+            except ValueError:
+                return hop[:64]
+            if not any(address in net for net in self._trusted):
+                return hop
+        return peer
+
+    async def _authenticate(self, scope: Scope, rid: str, route: str, started: float) -> Principal:
+        assert self._governor is not None
+        client = self.client_address(scope)
+        try:
+            return await self._governor.authenticate(header(scope, b"authorization"), client)
+        except Refusal as refusal:
+            raise self._refused(refusal, rid, route, client, started) from None
+
+    def _refused(
+        self, refusal: Refusal | errors.APIError, rid: str, route: str, client: str, started: float, **who: Any
+    ) -> errors.APIError:
+        """Audit a refusal (any request refused before it was forwarded) and return its error."""
+        if isinstance(refusal, errors.APIError):
+            error, reason, detail = refusal, refusal.code or refusal.type, None
+        else:
+            error, reason, detail = errors.from_refusal(refusal), refusal.reason, refusal.detail
+        if self._governor is not None:
+            self._governor.trail.refused(
+                request_id=rid,
+                route=route,
+                client=client,
+                reason=reason,
+                detail=detail,
+                status=error.status,
+                started=started,
+                **who,
+            )
+        return error
+
     async def _proxy(
         self, scope: Scope, receive: Receive, send: Send, rid: str, headers: list[tuple[str, str]]
     ) -> None:
         if self.draining:
             raise errors.unavailable("Paddock is shutting down; retry on another instance.")
-        body = await read_body(receive, int(self._config.ingress.max_body_bytes))
-        path = scope["path"]
-        _, model = self._parse(body, path)
+        path, started = scope["path"], time.monotonic()
+        principal = await self._authenticate(scope, rid, path, started) if self._governor else None
+        client = self.client_address(scope)
+        model: ModelConfig | None = None
+        try:
+            body = await read_body(receive, int(self._config.ingress.max_body_bytes))
+            request, model = self._parse(body, path, principal)
+            ticket = await self._admit(principal, model, path, request, rid, client)
+        except (Refusal, errors.APIError) as refusal:
+            name = model.id if model else None
+            raise self._refused(refusal, rid, path, client, started, principal=principal, model=name) from None
         forwarded = {REQUEST_ID_HEADER: rid}
         for name in FORWARDED_HEADERS:
             value = header(scope, name)
@@ -177,9 +263,79 @@ class IngressApp:
                 forwarded[name.decode()] = value
         self._inflight += 1
         try:
-            await self._forward(model, path, body, forwarded, receive, send, headers)
+            if ticket is None:
+                await self._forward(model, path, body, forwarded, receive, send, headers)
+            else:
+                await self._governed(ticket, forwarded, receive, send, headers)
         finally:
             self._inflight -= 1
+
+    async def _admit(
+        self, principal: Principal | None, model: ModelConfig, path: str, request: dict[str, Any], rid: str, client: str
+    ) -> Ticket | None:
+        if self._governor is None or principal is None:
+            return None
+        ticket = await self._governor.admit(principal, model, path, request, rid, client)
+        self._governor.trail.admitted(ticket)  # the decision is on record before anything is forwarded
+        return ticket
+
+    async def _governed(
+        self, ticket: Ticket, forwarded: dict[str, str], receive: Receive, send: Send, headers: list[tuple[str, str]]
+    ) -> None:
+        assert self._governor is not None
+        shaped = ticket.shaped
+        if shaped.max_prompt_tokens is not None:
+            forwarded[MAX_PROMPT_TOKENS_HEADER] = str(shaped.max_prompt_tokens)
+        keep_text = ticket.principal.tenant.audit.include_text
+        state = RelayState(tap=UsageTap(False, shaped.stream and not shaped.include_usage, keep_text))
+        body = json.dumps(shaped.body).encode()
+        outcome, status = "ok", 0
+        try:
+            async with asyncio.timeout(shaped.timeout_s):
+                await self._forward(
+                    ticket.model,
+                    ticket.route,
+                    body,
+                    forwarded,
+                    receive,
+                    send,
+                    [*headers, *ticket.headers.items()],
+                    state,
+                )
+        except asyncio.CancelledError:
+            if ticket.killed is None:
+                outcome = "cancelled"
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            outcome = "killed"
+            await self._cut_short(send, state, errors.from_refusal(Refusal("killed", ticket.killed)))
+        except TimeoutError:
+            outcome = "timeout"
+            await self._cut_short(send, state, errors.timeout("The request exceeded its time limit."))
+        except errors.APIError as error:
+            outcome, status = "error", error.status
+            raise
+        except Disconnected:
+            outcome = "client_disconnected"
+            raise
+        finally:
+            await self._finish(ticket, state, status, outcome)
+
+    async def _cut_short(self, send: Send, state: RelayState, error: errors.APIError) -> None:
+        if not state.started:
+            raise error
+        await end_early(send, state, error)
+
+    async def _finish(self, ticket: Ticket, state: RelayState, status: int, outcome: str) -> None:
+        assert self._governor is not None
+        tap = state.tap
+        usage = tap.usage if tap else None
+        if usage is None and not state.started:
+            usage = Usage(0, 0)  # refused upstream before generating anything
+        status = state.status or status or 499
+        await self._governor.settle(ticket, usage)
+        completion = tap.completion() if tap and ticket.principal.tenant.audit.include_text else None
+        self._governor.trail.completed(ticket, status=status, usage=usage, outcome=outcome, completion=completion)
 
     async def _endpoints(self, model: ModelConfig) -> Sequence[Endpoint]:
         endpoints = self._directory.endpoints(model.id)
@@ -203,6 +359,7 @@ class IngressApp:
         receive: Receive,
         send: Send,
         headers: list[tuple[str, str]],
+        state: RelayState | None = None,
     ) -> None:
         tried: set[str] = set()
         for _ in range(3):
@@ -215,7 +372,7 @@ class IngressApp:
                 response = await self._upstream.open(endpoint, path, body, forwarded)
                 if response.status >= 400:
                     raise await read_error(response)
-                await relay(response, receive, send, headers)
+                await relay(response, receive, send, headers, state)
                 return
             except UpstreamUnreachable as error:
                 log.warning("replica %s of %s unreachable: %s", endpoint.replica_id, model.id, error)

@@ -27,7 +27,7 @@ from service.api.asgi import (
     send_json,
     until_disconnect,
 )
-from service.api.upstream import INTERNAL_TOKEN_HEADER
+from service.api.upstream import INTERNAL_TOKEN_HEADER, MAX_PROMPT_TOKENS_HEADER
 from service.engine.base import OPERATIONS, CallContext, Engine, EngineDead, JSONResult, StreamResult
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,8 @@ class ReplicaApp:
         self, operation, scope: Scope, receive: Receive, send: Send, rid: str, headers: list[tuple[str, str]]
     ) -> None:  # type: ignore[no-untyped-def]
         body = json_object(await read_body(receive, self._max_body_bytes))
-        ctx = CallContext(request_id=rid)
+        cap = header(scope, MAX_PROMPT_TOKENS_HEADER.encode())
+        ctx = CallContext(request_id=rid, max_prompt_tokens=int(cap) if cap and cap.isdigit() else None)
         result = await until_disconnect(self._engine.call(operation, body, ctx), receive)
         if isinstance(result, JSONResult):
             await send_bytes(send, result.status, result.body, headers=headers)

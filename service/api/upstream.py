@@ -15,8 +15,11 @@ import aiohttp
 
 from service.api.asgi import Receive, Send, encode_headers, until_disconnect
 from service.api.errors import APIError, internal, normalise_error_body
+from service.api.usage import UsageTap
 
 INTERNAL_TOKEN_HEADER = "x-paddock-internal-token"
+# Set by the ingress from governance policy; the replica enforces it with the real tokenizer.
+MAX_PROMPT_TOKENS_HEADER = "x-paddock-max-prompt-tokens"
 # Request headers worth carrying to the replica (trace context, request id).
 FORWARDED_HEADERS = (b"traceparent", b"tracestate", b"baggage")
 _ERROR_BODY_LIMIT = 64 * 1024
@@ -80,14 +83,43 @@ async def read_error(response: aiohttp.ClientResponse) -> APIError:
     return normalise_error_body(response.status, body)
 
 
-async def _relay_body(response: aiohttp.ClientResponse, send: Send, sse: bool) -> None:
+@dataclass(eq=False)
+class RelayState:
+    """How far a relayed response got (for ending it cleanly if it is cut short)."""
+
+    tap: UsageTap | None = None
+    status: int = 0
+    started: bool = False
+    sse: bool = False
+    ended: bool = False
+
+
+async def _relay_body(response: aiohttp.ClientResponse, send: Send, state: RelayState) -> None:
+    tap = state.tap
     try:
         async for chunk in response.content.iter_any():
+            if tap is not None:
+                chunk = tap.feed(chunk)
+                if not chunk:
+                    continue
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if tap is not None and (rest := tap.finish()):
+            await send({"type": "http.response.body", "body": rest, "more_body": True})
     except (TimeoutError, aiohttp.ClientError):
-        if sse:  # the 200 is gone: end the stream in band, as OpenAI clients expect
+        if state.sse:  # the 200 is gone: end the stream in band, as OpenAI clients expect
             error = internal("The model replica failed while streaming; the response is incomplete.")
             await send({"type": "http.response.body", "body": error.sse_event(), "more_body": True})
+    state.ended = True
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def end_early(send: Send, state: RelayState, error: APIError) -> None:
+    """End a response that already started: in band for streams, else just close it."""
+    if state.ended:
+        return
+    state.ended = True
+    if state.sse:
+        await send({"type": "http.response.body", "body": error.sse_event(), "more_body": True})
     await send({"type": "http.response.body", "body": b""})
 
 
@@ -96,11 +128,15 @@ async def relay(
     receive: Receive,
     send: Send,
     headers: Iterable[tuple[str, str]],
+    state: RelayState | None = None,
 ) -> None:
     """Relay a successful upstream response (raises ``Disconnected`` if the client left)."""
+    state = state or RelayState()
     content_type = response.headers.get("content-type", "application/json")
-    sse = content_type.startswith("text/event-stream")
-    extra = [("cache-control", "no-cache")] if sse else []
+    state.sse = content_type.startswith("text/event-stream")
+    if state.tap is not None:
+        state.tap.sse = state.sse
+    extra = [("cache-control", "no-cache")] if state.sse else []
     await send(
         {
             "type": "http.response.start",
@@ -108,8 +144,9 @@ async def relay(
             "headers": [(b"content-type", content_type.encode()), *encode_headers([*headers, *extra])],
         }
     )
+    state.started, state.status = True, response.status
     try:
-        await until_disconnect(_relay_body(response, send, sse), receive)
+        await until_disconnect(_relay_body(response, send, state), receive)
     except BaseException:
         response.close()  # the client left: closing the connection aborts the engine request upstream
         raise

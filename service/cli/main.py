@@ -7,9 +7,11 @@ import logging
 import sys
 from pathlib import Path
 
+from service.cli import admin, audit, keys
 from service.config.loader import ConfigError, default_config_text, load_config
 from service.config.schema import ServiceConfig
 from service.config.settings import Settings
+from service.governance.reload import GovernanceError
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -30,7 +32,8 @@ def _config(settings: Settings) -> ServiceConfig:
     ingress = config.ingress.model_copy(
         update={k: v for k, v in {"host": settings.host, "port": settings.port}.items() if v is not None}
     )
-    return config.model_copy(update={"ingress": ingress})
+    admin = config.admin.model_copy(update={"port": settings.admin_port} if settings.admin_port else {})
+    return config.model_copy(update={"ingress": ingress, "admin": admin})
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -77,6 +80,9 @@ def parser() -> argparse.ArgumentParser:
     config.add_argument("action", choices=["validate", "default"])
     config.add_argument("file", type=Path, nargs="?")
     config.set_defaults(func=cmd_config)
+    keys.register(sub)
+    admin.register(sub)
+    audit.register(sub)
     return root
 
 
@@ -85,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
-    except ConfigError as error:
+    except (ConfigError, GovernanceError, keys.KeysError) as error:
         print(f"paddock: {error}", file=sys.stderr)
         return 2
 

@@ -229,10 +229,18 @@ class IngressConfig(StrictModel):
     drain_timeout_s: float = Field(default=30.0, ge=0)
 
 
+class AdminConfig(StrictModel):
+    """The admin API (kill switch, keys, usage, metrics): its own port, its own token."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8001, ge=1, le=65535)
+
+
 class ServiceConfig(StrictModel):
     """The whole service: one ingress, many models."""
 
     ingress: IngressConfig = Field(default_factory=IngressConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
     models: tuple[ModelConfig, ...] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -48,6 +48,7 @@ class CallContext:
 
     request_id: str
     headers: dict[str, str] = field(default_factory=dict)
+    max_prompt_tokens: int | None = None  # governance policy, enforced with the real tokenizer
 
 
 class EngineDead(Exception):

@@ -59,6 +59,10 @@ REQUEST_MODELS: dict[Operation, pydantic.TypeAdapter[Any]] = {
 _requested_max_tokens: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "paddock_requested_max_tokens", default=None
 )
+# The governance policy's cap on prompt tokens for this request (None: the context only).
+_max_prompt_tokens: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "paddock_max_prompt_tokens", default=None
+)
 
 
 class EngineArgsError(ValueError):
@@ -110,6 +114,16 @@ class _ContextGuard:
 
     def generate(self, prompt: Any, sampling_params: Any, request_id: str, **kwargs: Any) -> Any:
         requested = _requested_max_tokens.get()
+        cap = _max_prompt_tokens.get()
+        if cap is not None:
+            prompt_len = extract_prompt_len(self._engine.model_config, prompt)
+            if prompt_len > cap:
+                raise VLLMValidationError(
+                    f"This request's prompt has {prompt_len} tokens; your policy allows at most {cap}. "
+                    "Please reduce the length of the messages.",
+                    parameter="messages",
+                    value=prompt_len,
+                )
         if requested is not None:
             limit = self._engine.model_config.max_model_len
             prompt_len = extract_prompt_len(self._engine.model_config, prompt)
@@ -158,7 +172,7 @@ def to_api_error(response: ErrorResponse) -> errors.APIError:
     error = response.error
     status = int(error.code) if str(error.code).isdigit() else 500
     message = error.message
-    if "maximum context length" in message:
+    if "maximum context length" in message or "your policy allows at most" in message:
         return errors.context_length_exceeded(message) if status == 400 else errors.internal()
     if status == 404 and error.param == "model":
         return errors.APIError(404, message.split(" Valid")[0], code="model_not_found", param="model")
@@ -258,12 +272,14 @@ class VLLMEngine:
         except pydantic.ValidationError as error:
             raise _validation_error(error) from None
         token = _requested_max_tokens.set(_requested_tokens(request))
+        cap = _max_prompt_tokens.set(ctx.max_prompt_tokens)
         try:
             result = await handler(request, None)
         except Exception as error:  # noqa: BLE001 - vLLM raises its own exception types
             result = create_error_response(error)
         finally:
             _requested_max_tokens.reset(token)
+            _max_prompt_tokens.reset(cap)
         return self._result(result, operation)
 
     def _result(self, result: Any, operation: Operation) -> Result:

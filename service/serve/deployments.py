@@ -18,12 +18,15 @@ from typing import Any
 import ray
 from ray import serve
 
+from service.api.admin import AdminApp
 from service.api.ingress import IngressApp
 from service.api.replica import ReplicaApp
 from service.api.upstream import Upstream
 from service.config.schema import ModelConfig, ServiceConfig
 from service.config.settings import Settings
+from service.governance.factory import admin_token, build_governor
 from service.models.sources import resolve
+from service.observability.metrics import GovernanceMetrics
 from service.serve import http
 from service.serve.autoscaling import INFLIGHT_METRIC
 from service.serve.registry import HEARTBEAT_INTERVAL_S, Announcement, RegistryDirectory, RegistryState
@@ -169,10 +172,23 @@ class Ingress:
         except Exception as error:  # noqa: BLE001 - /ready says so until the registry answers
             log.warning("registry not reachable yet: %s", error)
         self._directory.start()
-        self._app = IngressApp(self._config, self._directory, Upstream(token))
+        settings = Settings()
+        self._governor = None
+        self._admin: tuple[Any, asyncio.Task[None]] | None = None
+        if settings.governance == "on":
+            self._governor = build_governor(self._config, settings, GovernanceMetrics())
+            await self._governor.start()
+        else:
+            log.warning("GOVERNANCE IS OFF: no API keys, limits, kill switch or audit. Local development only.")
+        self._app = IngressApp(self._config, self._directory, Upstream(token), self._governor, settings.trusted_proxies)
         ingress = self._config.ingress
         sock = http.bind(ingress.host, ingress.port, reuse_port=True)
         self._server, self._task = await http.start(self._app, sock, lifespan="on")
+        if self._governor is not None:
+            admin = self._config.admin
+            admin_app = AdminApp(self._governor, self._governor.store, admin_token(settings))
+            self._admin = await http.start(admin_app, http.bind(admin.host, admin.port, reuse_port=True))
+            log.info("Paddock admin API listening on http://%s:%d", admin.host, admin.port)
         _freeze_heap()
         log.info("Paddock ingress listening on http://%s:%d", ingress.host, ingress.port)
 
@@ -184,6 +200,10 @@ class Ingress:
         self._app.draining = True
         await _drain(lambda: self._app.inflight, self._config.ingress.drain_timeout_s)
         await http.stop(self._server, self._task)
+        if self._admin is not None:
+            await http.stop(*self._admin)
+        if self._governor is not None:
+            await self._governor.stop()
         await self._directory.stop()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -17,6 +16,15 @@ from service.config.settings import Settings
 
 log = logging.getLogger(__name__)
 APP_NAME = "paddock"
+_PATH_SETTINGS = (
+    "state_dir",
+    "governance_file",
+    "audit_dir",
+    "admin_token_file",
+    "key_secret_file",
+    "audit_key_file",
+    "state_store_password_file",
+)
 
 
 def logical_cpus(config: ServiceConfig) -> int:
@@ -30,6 +38,10 @@ def start_ray(config: ServiceConfig, settings: Settings) -> None:
     import ray
 
     env = {"PADDOCK_CACHE_DIR": str(settings.cache_dir.resolve())}
+    for name in _PATH_SETTINGS:  # relative paths mean the driver's working directory
+        value = getattr(settings, name)
+        if value is not None:
+            env[f"PADDOCK_{name.upper()}"] = str(value.resolve())
     if settings.ray_address is None:
         env["PADDOCK_REPLICA_HOST"] = settings.replica_host or "127.0.0.1"
     if settings.internal_token:
@@ -87,10 +99,25 @@ def shutdown() -> None:
             ray.shutdown()
 
 
-def models_summary(url: str) -> str:
-    with urllib.request.urlopen(url + "/v1/models", timeout=5) as response:
-        data = json.load(response)["data"]
-    return ", ".join(f"{m['id']} ({m['task']}, {m['status']['state']})" for m in data)
+def _prepare_governance(settings: Settings) -> str:
+    """Create the local governance files if needed; return what a new user should read."""
+    if settings.governance == "off":
+        log.warning("GOVERNANCE IS OFF (PADDOCK_GOVERNANCE=off): no keys, limits, kill switch or audit.")
+        return "Governance is OFF: local development only; every request is served without a key."
+    from service.governance.factory import ensure_local_files
+
+    policy, token = ensure_local_files(settings)
+    return (
+        f"Governance is on: every API call needs a key. Tenants and keys: {policy}\n"
+        f"  Get a key:   .venv/bin/paddock keys create --tenant local --append {policy}\n"
+        f"  Use it:      OPENAI_BASE_URL=<the URL above>/v1 OPENAI_API_KEY=pk-…\n"
+        f"  Admin API:   {{admin}} (token in {token}); e.g. .venv/bin/paddock admin status\n"
+        f"  Audit log:   {settings.resolved_audit_dir()}"
+    )
+
+
+def models_summary(config: ServiceConfig) -> str:
+    return ", ".join(f"{m.id} ({m.task})" for m in config.models)
 
 
 def serve_forever(config: ServiceConfig, settings: Settings) -> None:
@@ -99,8 +126,10 @@ def serve_forever(config: ServiceConfig, settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
+        governance = _prepare_governance(settings)
         url = deploy(config, settings)
-        print(f"Paddock is serving on {url}/v1 — models: {models_summary(url)}", flush=True)
+        print(f"Paddock is serving on {url}/v1 — models: {models_summary(config)}", flush=True)
+        print(governance.format(admin=f"http://{config.admin.host}:{config.admin.port}"), flush=True)
         stop.wait()
         print("stopping Paddock…", flush=True)
     finally:

@@ -16,11 +16,13 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 from openai import OpenAI
 
@@ -30,17 +32,75 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIG = Path(__file__).with_name("paddock-e2e.yaml")
 START_TIMEOUT_S = 900
 INTERNAL_TOKEN = "e2e-internal-token"
+ADMIN_TOKEN = "e2e-admin-token"
+CHAT = "smollm2-135m-instruct"
+EMBED = "all-minilm-l6-v2"
+
+# Tenants of the e2e governance file; each key name maps to (tenant, entry fields).
+TENANTS = [
+    {"id": "acme", "models": ["*"], "parameters": {"allowed_fields": ["ignore_eos"]}},
+    {"id": "globex", "models": [CHAT], "audit": {"include_text": True}},
+    {
+        "id": "strict",
+        "models": [CHAT],
+        "limits": {"requests_per_minute": 3},
+        "parameters": {"max_output_tokens": 8, "output_tokens_over_cap": "reject", "max_n": 1},
+    },
+    {"id": "thrifty", "models": [CHAT], "limits": {"tokens_per_day": 300}},
+    {"id": "frozen", "enabled": False, "models": ["*"]},
+]
+KEYS = {
+    "acme": ("acme", {}),
+    "acme-kill": ("acme", {}),
+    "globex": ("globex", {}),
+    "strict": ("strict", {}),
+    "thrifty": ("thrifty", {}),
+    "frozen": ("frozen", {}),
+    "expired": ("acme", {"expires": "2020-01-01T00:00:00Z"}),
+    "disabled": ("acme", {"enabled": False}),
+}
 
 
 @dataclass
 class Stack:
     base_url: str
+    admin_url: str
     process: subprocess.Popen[str]
     ray_dir: Path
+    state_dir: Path
+    governance_file: Path
+    keys: dict[str, str]
     log: list[str] = field(default_factory=list)
 
-    def client(self, **kw: object) -> OpenAI:
-        return OpenAI(base_url=self.base_url + "/v1", api_key="unused", max_retries=0, **kw)  # type: ignore[arg-type]
+    def client(self, key: str = "acme", **kw: object) -> OpenAI:
+        return OpenAI(base_url=self.base_url + "/v1", api_key=self.keys[key], max_retries=0, **kw)  # type: ignore[arg-type]
+
+    def http(self, key: str | None = "acme", **kw: object) -> httpx.Client:
+        headers = {"authorization": f"Bearer {self.keys[key]}"} if key else {}
+        return httpx.Client(base_url=self.base_url, headers=headers, **kw)  # type: ignore[arg-type]
+
+    def admin(self, method: str, path: str, body: dict[str, object] | None = None) -> tuple[int, object]:
+        import json
+
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.admin_url + path, data=data, method=method)
+        request.add_header("authorization", f"Bearer {ADMIN_TOKEN}")
+        request.add_header("content-type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as error:
+            return error.code, json.load(error)
+
+    def audit_records(self) -> list[dict[str, object]]:
+        import json
+
+        return [
+            json.loads(line)
+            for path in sorted((self.state_dir / "audit").glob("*.jsonl"))
+            for line in path.read_text().splitlines()
+            if line
+        ]
 
     def replica_urls(self, model_id: str) -> list[str]:
         pattern = re.compile(rf"model {re.escape(model_id)} replica \S+ ready at (http://\S+) in")
@@ -88,6 +148,7 @@ def _stop(stack: Stack) -> None:
         time.sleep(2)
     _kill_strays(stack.ray_dir)
     shutil.rmtree(stack.ray_dir, ignore_errors=True)
+    shutil.rmtree(stack.state_dir, ignore_errors=True)
 
 
 def _kill_strays(ray_dir: Path) -> None:
@@ -106,13 +167,36 @@ def _kill_strays(ray_dir: Path) -> None:
                 pass
 
 
+def write_governance(path: Path) -> dict[str, str]:
+    """The e2e tenants with freshly made keys; returns key name -> key."""
+    import yaml
+
+    from service.governance.keys import hash_key, new_key
+
+    tenants = {t["id"]: {**t, "keys": []} for t in TENANTS}
+    keys = {}
+    for name, (tenant, extra) in KEYS.items():
+        keys[name] = new_key()
+        tenants[tenant]["keys"].append({"id": f"key-{name}", "hash": hash_key(keys[name]), **extra})
+    path.write_text(yaml.safe_dump({"version": 1, "tenants": list(tenants.values())}, sort_keys=False))
+    return keys
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
-    port = free_port()
+    port, admin_port = free_port(), free_port()
     ray_dir = Path(tempfile.mkdtemp(prefix="pd-ray-", dir="/tmp"))
+    state_dir = Path(tempfile.mkdtemp(prefix="pd-state-", dir="/tmp"))
+    governance_file = state_dir / "governance.yaml"
+    keys = write_governance(governance_file)
     env = {
         **os.environ,
         "PADDOCK_PORT": str(port),
+        "PADDOCK_ADMIN_PORT": str(admin_port),
+        "PADDOCK_ADMIN_TOKEN": ADMIN_TOKEN,
+        "PADDOCK_STATE_DIR": str(state_dir),
+        "PADDOCK_GOVERNANCE_FILE": str(governance_file),
+        "PADDOCK_TRUSTED_PROXIES": '["127.0.0.1/32"]',
         "PADDOCK_RAY_TEMP_DIR": str(ray_dir),
         "PADDOCK_INTERNAL_TOKEN": INTERNAL_TOKEN,
         "HF_HUB_OFFLINE": "1",
@@ -127,7 +211,15 @@ def stack() -> Iterator[Stack]:
         text=True,
         start_new_session=True,
     )
-    stack = Stack(base_url=f"http://127.0.0.1:{port}", process=process, ray_dir=ray_dir)
+    stack = Stack(
+        base_url=f"http://127.0.0.1:{port}",
+        admin_url=f"http://127.0.0.1:{admin_port}",
+        process=process,
+        ray_dir=ray_dir,
+        state_dir=state_dir,
+        governance_file=governance_file,
+        keys=keys,
+    )
     threading.Thread(target=_pump, args=(process, stack.log), daemon=True).start()
     try:
         _wait_ready(stack)

@@ -21,7 +21,7 @@ def error_of(response: httpx.Response) -> dict[str, object]:
 
 @pytest.fixture
 def http(stack):
-    with httpx.Client(base_url=stack.base_url, timeout=120) as client:
+    with stack.http(timeout=120) as client:
         yield client
 
 
@@ -77,7 +77,7 @@ def test_overload_is_503_in_openai_shape(stack) -> None:
     }
 
     def one(_: int) -> httpx.Response:
-        with httpx.Client(base_url=stack.base_url, timeout=300) as client:
+        with stack.http(timeout=300) as client:
             return client.post("/v1/chat/completions", json=body)
 
     with concurrent.futures.ThreadPoolExecutor(12) as pool:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 
-import httpx
-
 CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
@@ -78,7 +76,7 @@ def test_models_lists_both_with_state(stack) -> None:
 
 
 def test_health_ready_and_exactly_one_request_id(stack) -> None:
-    with httpx.Client(base_url=stack.base_url) as http:
+    with stack.http() as http:
         assert http.get("/health").status_code == 200
         assert http.get("/ready").status_code == 200
         given = http.post("/v1/embeddings", json={"model": EMBED, "input": "x"}, headers={"x-request-id": "req-42"})

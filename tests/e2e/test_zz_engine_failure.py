@@ -11,7 +11,6 @@ import signal
 import time
 from urllib.parse import urlparse
 
-import httpx
 import psutil
 
 CHAT = "smollm2-135m-instruct"
@@ -38,7 +37,7 @@ def test_killed_engine_ends_stream_in_band_and_replica_is_replaced(stack) -> Non
         "ignore_eos": True,
         "stream": True,
     }
-    with httpx.Client(base_url=stack.base_url, timeout=120) as http:
+    with stack.http(timeout=120) as http:
         with http.stream("POST", "/v1/chat/completions", json=body) as response:
             assert response.status_code == 200
             lines = response.iter_lines()

@@ -1,0 +1,200 @@
+"""The ingress with governance on: a real Governor, node-local store and audit log, a stand-in replica."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import aiohttp
+import pytest
+import uvicorn
+import yaml
+from aiohttp import web
+
+from service.api.ingress import IngressApp
+from service.api.upstream import Endpoint, Upstream
+from service.config.loader import parse_config
+from service.governance.audit import AuditLog, verify
+from service.governance.governor import GovernanceOptions, Governor
+from service.governance.keys import hash_key, new_key
+from service.governance.records import AuditTrail
+from service.governance.reload import PolicyHolder
+from service.governance.store.local import LocalStore
+from service.observability.metrics import GovernanceMetrics
+
+TOKEN = "internal"
+CONFIG = parse_config(
+    {"models": [{"id": "chat", "source": {"path": "/m"}, "kv_cache_memory": "1GiB", "max_model_len": 1000}]},
+    "test",
+)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Directory:
+    ready = True
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+
+    def endpoints(self, model_id: str) -> list[Endpoint]:
+        return [self.endpoint]
+
+    async def wake(self, model_id: str, timeout_s: float) -> list[Endpoint]:
+        return [self.endpoint]
+
+    def report_unreachable(self, model_id: str, endpoint: Endpoint) -> None:
+        pass
+
+
+class Replica:
+    """Answers with usage like vLLM: in the body, or as the last stream event when asked."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, object]] = []
+        self.headers: list[dict[str, str]] = []
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.bodies.append(body)
+        self.headers.append({k.lower(): v for k, v in request.headers.items()})
+        usage = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+        if not body.get("stream"):
+            choice = {"index": 0, "message": {"role": "assistant", "content": "Paris"}}
+            return web.json_response({"choices": [choice], "usage": usage})
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        for i in range(int(body.get("metadata", {}).get("chunks", 3))):
+            chunk = {"choices": [{"index": 0, "delta": {"content": f"w{i} "}}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            await asyncio.sleep(float(body.get("metadata", {}).get("delay", 0)))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await response.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+
+@pytest.fixture
+async def governed(tmp_path: Path):
+    keys = {"a": new_key(), "b": new_key()}
+    policy = {
+        "tenants": [
+            {
+                "id": "acme",
+                "models": ["*"],
+                "limits": {"tokens_per_minute": 5000},
+                "parameters": {"max_output_tokens": 50, "request_timeout_s": 1.0},
+                "keys": [{"id": "ka", "hash": hash_key(keys["a"])}],
+            },
+            {"id": "other", "models": ["*"], "keys": [{"id": "kb", "hash": hash_key(keys["b"])}]},
+        ]
+    }
+    path = tmp_path / "governance.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    replica = Replica()
+    web_app = web.Application()
+    web_app.router.add_post("/{tail:.*}", replica.handle)
+    runner = web.AppRunner(web_app)
+    await runner.setup()
+    replica_port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", replica_port).start()
+    metrics = GovernanceMetrics()
+    store = LocalStore(tmp_path / "state.sqlite3")
+    trail = AuditTrail(AuditLog(tmp_path / "audit"), metrics)
+    governor = Governor(
+        CONFIG, PolicyHolder(path), store, trail, metrics, GovernanceOptions(kill_poll_s=0.05, lease_ttl_s=3)
+    )
+    await governor.start()
+    app = IngressApp(CONFIG, Directory(Endpoint(f"http://127.0.0.1:{replica_port}", "r")), Upstream(TOKEN), governor)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    yield f"http://127.0.0.1:{port}", keys, replica, governor, tmp_path
+    server.should_exit = True
+    await task
+    await governor.stop()
+    await runner.cleanup()
+
+
+async def post(base: str, key: str, body: dict[str, object]) -> tuple[int, dict[str, str], bytes]:
+    async with aiohttp.ClientSession() as session:
+        headers = {"authorization": f"Bearer {key}"}
+        async with session.post(base + "/v1/chat/completions", json=body, headers=headers) as response:
+            return response.status, dict(response.headers), await response.read()
+
+
+CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def test_usage_is_settled_from_bodies_and_streams(governed) -> None:
+    base, keys, replica, governor, _ = governed
+    status, _, body = await post(base, keys["a"], CHAT)
+    assert status == 200 and json.loads(body)["usage"]["total_tokens"] == 10
+    assert replica.bodies[-1]["max_completion_tokens"] == 50  # the cap, set when none was asked
+    assert replica.bodies[-1]["cache_salt"]  # per-tenant prefix-cache isolation
+    status, _, body = await post(base, keys["a"], {**CHAT, "stream": True})
+    assert replica.bodies[-1]["stream_options"] == {"include_usage": True}
+    assert status == 200 and b'"usage"' not in body and body.endswith(b"data: [DONE]\n\n")  # not asked for
+    status, _, body = await post(base, keys["a"], {**CHAT, "stream": True, "stream_options": {"include_usage": True}})
+    assert b'"usage"' in body
+    rows = await governor.store.usage()
+    assert [(r.tenant, r.requests, r.prompt_tokens, r.completion_tokens) for r in rows] == [("acme", 3, 21, 9)]
+
+
+async def test_other_tenants_get_another_cache_salt(governed) -> None:
+    base, keys, replica, _, _ = governed
+    await post(base, keys["a"], CHAT)
+    await post(base, keys["b"], CHAT)
+    assert replica.bodies[0]["cache_salt"] != replica.bodies[1]["cache_salt"]
+
+
+async def test_a_kill_ends_a_running_stream_in_band(governed) -> None:
+    base, keys, _, governor, _ = governed
+    slow = {**CHAT, "stream": True, "metadata": {"chunks": 200, "delay": 0.005}}
+    call = asyncio.create_task(post(base, keys["b"], slow))
+    await asyncio.sleep(0.2)
+    await governor.store.kill("tenant:other", "test", "admin")
+    status, _, body = await asyncio.wait_for(call, 2)
+    events = [e for e in body.split(b"\n\n") if e]
+    assert status == 200 and events[-1] == b"data: [DONE]"
+    assert json.loads(events[-2].removeprefix(b"data: "))["error"]["code"] == "disabled_by_operator"
+    status, headers, _ = await post(base, keys["b"], CHAT)
+    assert status == 503 and headers["x-should-retry"] == "false"
+    assert not governor.active
+
+
+async def test_the_tenant_timeout_ends_a_stream_in_band(governed) -> None:
+    base, keys, _, _, _ = governed
+    slow = {**CHAT, "stream": True, "metadata": {"chunks": 100, "delay": 0.05}}
+    status, _, body = await post(base, keys["a"], slow)
+    events = [e for e in body.split(b"\n\n") if e]
+    assert status == 200 and json.loads(events[-2].removeprefix(b"data: "))["error"]["code"] == "timeout"
+
+
+async def test_store_down_fails_closed(governed) -> None:
+    base, keys, _, governor, _ = governed
+    governor.store._db.close()  # the store is gone
+    status, headers, body = await post(base, keys["a"], CHAT)
+    assert status == 503 and json.loads(body)["error"]["code"] == "governance_unavailable"
+    assert governor.trail.metrics.store_errors.labels("admit")._value.get() == 1
+
+
+async def test_every_request_has_a_verifiable_audit_record(governed) -> None:
+    base, keys, _, governor, tmp_path = governed
+    await post(base, keys["a"], CHAT)
+    await post(base, "pk-wrong", CHAT)
+    governor.trail.close()
+    files = sorted((tmp_path / "audit").glob("*.jsonl"))
+    assert verify(files) == []
+    records = [json.loads(line) for line in files[0].read_text().splitlines()]
+    phases = [(r.get("phase"), r.get("status")) for r in records if r.get("event") == "request"]
+    assert phases == [("admitted", None), ("completed", 200), ("refused", 401)]
