@@ -26,6 +26,8 @@ test-e2e: install
 	$(PY) -m pytest -q -m e2e
 
 bench: prepare
+	bash scripts/install-tools.sh
+	$(PY) -m bench.governance
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:

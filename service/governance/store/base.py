@@ -1,11 +1,12 @@
 """The shared governance state: counters, leases, budgets, kills, usage.
 
 Every process that admits requests shares one :class:`Store`, so limits are
-exact across processes: the node-local store (``local.py``, SQLite in the
-state directory) for one node, Redis (``redis.py``) for many. Each admission
-is one atomic step in the store, using the store's own clock.
+exact across processes: the node-local store (``local.py``: a shared
+memory-mapped counter file and SQLite in the state directory) for one node,
+Redis (``redis.py``) for many. Each admission is one atomic step in the
+store, using the store's own clock.
 
-Semantics every backend implements (``tests/governance/store_contract.py``):
+Semantics every backend implements (``tests/governance/test_store.py``):
 
 * requests/minute and tokens/minute are token buckets holding at most the
   per-minute limit and refilling at limit/60 per second; a request takes 1

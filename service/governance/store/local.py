@@ -1,9 +1,13 @@
-"""The node-local state store: one SQLite database in the state directory.
+"""The node-local state store: nothing to install, exact across the node's processes.
 
-Every Paddock process on the node opens the same file; each admission is
-one ``BEGIN IMMEDIATE`` transaction, so counters are exact across processes
-without any extra service. WAL mode keeps readers off the writer's lock, and
-the file survives restarts (kills included). The clock is the node's.
+Two files in the state directory, shared by every Paddock process on the node:
+
+* the admission counters (buckets, budgets, concurrency and reservations) in
+  a memory-mapped file changed under an exclusive lock (``counters.py``): an
+  admission costs a few microseconds, not a database transaction;
+* kills, usage and keys' last use in SQLite (WAL), written far less often.
+
+Both survive restarts (kills included). The clock is the node's.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,17 +31,10 @@ from service.governance.store.base import (
     Usage,
     UsageRow,
 )
+from service.governance.store.counters import CounterFile, Holder
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS scopes (
-    scope TEXT PRIMARY KEY, rpm REAL, rpm_at REAL, tpm REAL, tpm_at REAL,
-    day TEXT, day_used INTEGER, day_held INTEGER, month TEXT, month_used INTEGER, month_held INTEGER);
 CREATE TABLE IF NOT EXISTS buckets (name TEXT PRIMARY KEY, level REAL NOT NULL, updated REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS leases (
-    id TEXT PRIMARY KEY, expires REAL NOT NULL, tokens INTEGER NOT NULL, conc_scope TEXT,
-    day_scope TEXT, day TEXT, month_scope TEXT, month TEXT);
-CREATE INDEX IF NOT EXISTS leases_conc ON leases (conc_scope, expires);
-CREATE INDEX IF NOT EXISTS leases_expiry ON leases (expires);
 CREATE TABLE IF NOT EXISTS kills (scope TEXT PRIMARY KEY, reason TEXT, actor TEXT, at REAL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS key_use (key_id TEXT PRIMARY KEY, at REAL NOT NULL);
@@ -46,19 +44,21 @@ CREATE TABLE IF NOT EXISTS usage (
     PRIMARY KEY (day, tenant, key_id, model));
 INSERT OR IGNORE INTO meta VALUES ('kill_version', 0);
 """
-
 _RATE_KINDS = {"requests_per_minute": "requests", "tokens_per_minute": "tokens"}
+# Fields of a scope row and of a holder's row in the counter file (see counters.py).
+RPM, RPM_AT, TPM, TPM_AT, DAY, DAY_USED, MONTH, MONTH_USED = range(8)
+GEN, CONC, H_DAY, DAY_HELD, H_MONTH, MONTH_HELD = range(6)
 
 
 @functools.lru_cache(maxsize=4)
-def _periods(second: int) -> tuple[str, str]:
+def _periods(second: int) -> tuple[str, str, int, int]:
     moment = datetime.fromtimestamp(second, UTC)
-    return moment.strftime("%Y-%m-%d"), moment.strftime("%Y-%m")
+    return moment.strftime("%Y-%m-%d"), moment.strftime("%Y-%m"), second // 86400, moment.year * 12 + moment.month
 
 
 def periods(now: float) -> tuple[str, str]:
     """The UTC day and month of ``now``: budget windows."""
-    return _periods(int(now))
+    return _periods(int(now))[:2]
 
 
 def refill(level: float, updated: float, limit: int, now: float) -> float:
@@ -70,8 +70,17 @@ def bucket_state(limit: int, level: float) -> BucketState:
     return BucketState(limit=limit, remaining=max(0, int(level)), reset_s=max(0.0, (limit - level) * 60.0 / limit))
 
 
+@dataclass
+class _Lease:
+    expires: float
+    tokens: int
+    conc: str | None
+    day: tuple[str, int] | None  # (scope, day number)
+    month: tuple[str, int] | None
+
+
 class LocalStore:
-    """SQLite-backed :class:`~service.governance.store.base.Store` shared by a node's processes."""
+    """The node-local :class:`~service.governance.store.base.Store`."""
 
     def __init__(self, path: Path, busy_timeout_s: float = 5.0) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,25 +93,80 @@ class LocalStore:
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as error:
             raise StoreUnavailable(f"governance state store {path}: {error}") from error
+        self._counters = CounterFile(path.with_suffix(".counters"))
+        self._holder: Holder | None = None
+        self._leases: dict[str, _Lease] = {}
+        self._next_expiry = float("inf")
+        self._id, self._seq = uuid.uuid4().hex[:12], 0  # lease ids: unique per store, cheap per lease
 
     def _transaction(self, read_only: bool = False) -> _Transaction:
         return _Transaction(self._db, self._lock, self._path, read_only)
 
-    # -- admission ---------------------------------------------------------
+    # -- admission (the counter file) ----------------------------------------
+
+    def _me(self, counters: CounterFile, now: float, ttl_s: float) -> Holder:
+        """This process as a holder, registered (again, if it lapsed) and renewed."""
+        holder = self._holder
+        if holder is None or holder.expires <= now:
+            self._holder = holder = counters.register(now, ttl_s)
+            self._leases.clear()  # anything held under a lapsed registration is void
+            self._next_expiry = float("inf")
+        elif holder.expires < now + ttl_s / 2:
+            counters.renew(holder, now + ttl_s)
+        return holder
 
     async def admit(self, reservation: Reservation, lease_ttl_s: float) -> Admission:
-        with self._transaction() as db:
-            return _admit(db, reservation, lease_ttl_s, time.time())
+        now = time.time()
+        with self._counters.locked() as counters:
+            me = self._me(counters, now, lease_ttl_s)
+            if self._next_expiry <= now:
+                self._sweep(counters, me, now)
+            admission, lease = _decide(counters, reservation, now)
+            if lease is None:
+                return admission
+            lease.expires = now + lease_ttl_s
+            _hold(counters, me, lease, 1)
+            self._seq += 1
+            lease_id = f"{self._id}-{self._seq}"
+            self._leases[lease_id] = lease
+            self._next_expiry = min(self._next_expiry, lease.expires)
+            return Admission(True, None, 0.0, lease_id, admission.requests, admission.tokens)
 
     async def settle(self, reservation: Reservation, lease_id: str | None, usage: Usage) -> None:
+        now = time.time()
+        with self._counters.locked() as counters:
+            lease = self._leases.pop(lease_id, None) if lease_id else None
+            if lease is not None and self._holder is not None:
+                _hold(counters, self._holder, lease, -1)
+            _charge(counters, reservation, usage, now)
+        row = (periods(now)[0], reservation.tenant, reservation.key_id, reservation.model)
         with self._transaction() as db:
-            _settle(db, reservation, lease_id, usage, time.time())
+            db.execute(
+                "INSERT INTO usage VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT (day, tenant, key_id, model) DO UPDATE "
+                "SET requests = requests + 1, prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
+                "completion_tokens = completion_tokens + excluded.completion_tokens",
+                (*row, usage.prompt_tokens, usage.completion_tokens),
+            )
+            db.execute("INSERT OR REPLACE INTO key_use VALUES (?, ?)", (reservation.key_id, now))
 
     async def renew(self, lease_ids: list[str], lease_ttl_s: float) -> None:
         now = time.time()
-        with self._transaction() as db:
-            db.executemany("UPDATE leases SET expires = ? WHERE id = ?", [(now + lease_ttl_s, i) for i in lease_ids])
-            _sweep(db, now)
+        with self._counters.locked() as counters:
+            me = self._me(counters, now, lease_ttl_s)
+            counters.renew(me, now + lease_ttl_s)
+            for lease_id in lease_ids:
+                lease = self._leases.get(lease_id)
+                if lease is not None:
+                    lease.expires = max(lease.expires, now + lease_ttl_s)
+            self._sweep(counters, me, now)
+
+    def _sweep(self, counters: CounterFile, me: Holder, now: float) -> None:
+        """Release this process's leases that were not renewed in time."""
+        for lease_id, lease in list(self._leases.items()):
+            if lease.expires <= now:
+                del self._leases[lease_id]
+                _hold(counters, me, lease, -1)
+        self._next_expiry = min((lease.expires for lease in self._leases.values()), default=float("inf"))
 
     async def hit(self, name: str, per_minute: int) -> float:
         with self._transaction() as db:
@@ -151,6 +215,10 @@ class LocalStore:
         return [UsageRow(*row) for row in rows]
 
     async def close(self) -> None:
+        if self._holder is not None:
+            with self._counters.locked() as counters:
+                counters.renew(self._holder, 0.0)  # a clean stop releases everything at once
+        self._counters.close()
         with self._lock:
             self._db.close()
 
@@ -182,106 +250,115 @@ class _Transaction:
             raise StoreUnavailable(f"governance state store {self._path}: {error}") from error
 
 
-_BUDGET_KINDS = {"tokens_per_day": "day", "tokens_per_month": "month"}
-_NEW_SCOPE = (None, 0.0, None, 0.0, "", 0, 0, "", 0, 0)  # rpm, rpm_at, tpm, tpm_at, day, used, held, month, …
+def _scope_row(counters: CounterFile, scope: str, day: int, month: int) -> tuple[int, list[float]]:
+    offset = counters.find("s|" + scope, create=True)
+    assert offset is not None
+    row = counters.read(offset)
+    if row[DAY] != day:
+        row[DAY], row[DAY_USED] = day, 0
+    if row[MONTH] != month:
+        row[MONTH], row[MONTH_USED] = month, 0
+    return offset, row
 
 
-class _Scope:
-    """One scope's counters (a row of ``scopes``), brought up to date for ``now``."""
-
-    __slots__ = ("name", "values", "changed")
-
-    def __init__(self, name: str, row: tuple | None, now: float) -> None:
-        self.name = name
-        self.values = list(row or _NEW_SCOPE)
-        self.changed = False
-        day, month = periods(now)
-        if self.values[4] != day:
-            self.values[4:7] = [day, 0, 0]
-        if self.values[7] != month:
-            self.values[7:10] = [month, 0, 0]
-
-    def level(self, kind: str, limit: int, now: float) -> float:
-        i = 0 if kind == "requests_per_minute" else 2
-        level, at = self.values[i], self.values[i + 1]
-        return float(limit) if level is None else refill(level, at, limit, now)
-
-    def set_level(self, kind: str, level: float, now: float) -> None:
-        i = 0 if kind == "requests_per_minute" else 2
-        self.values[i : i + 2] = [level, now]
-        self.changed = True
-
-    def spent(self, kind: str) -> int:
-        i = 5 if kind == "tokens_per_day" else 8
-        return int(self.values[i] + self.values[i + 1])
-
-    def add(self, kind: str, used: int, held: int) -> None:
-        i = 5 if kind == "tokens_per_day" else 8
-        self.values[i] += used
-        self.values[i + 1] = max(0, self.values[i + 1] + held)
-        self.changed = True
+def _held(
+    counters: CounterFile, live: list[tuple[int, int]], scope: str, field: int, period: tuple[int, int] | None
+) -> int:
+    """What every live holder holds in ``scope`` (slots, or reserved tokens of the current period)."""
+    total = 0
+    for index, generation in live:
+        offset = counters.find(f"h|{scope}|{index}", create=False)
+        if offset is None:
+            continue
+        row = counters.read(offset)
+        if row[GEN] == generation and (period is None or row[period[0]] == period[1]):
+            total += int(row[field])
+    return total
 
 
-def _load(db: sqlite3.Connection, names: set[str], now: float) -> dict[str, _Scope]:
-    marks = ",".join("?" * len(names))
-    rows = {row[0]: row[1:] for row in db.execute(f"SELECT * FROM scopes WHERE scope IN ({marks})", list(names))}  # noqa: S608
-    return {name: _Scope(name, rows.get(name), now) for name in names}
-
-
-def _save(db: sqlite3.Connection, scopes: dict[str, _Scope]) -> None:
-    changed = [(s.name, *s.values) for s in scopes.values() if s.changed]
-    if changed:
-        db.executemany("INSERT OR REPLACE INTO scopes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", changed)
-
-
-def _admit(db: sqlite3.Connection, reservation: Reservation, lease_ttl_s: float, now: float) -> Admission:
-    quotas = reservation.quotas
-    scopes = _load(db, {q.scope for q in quotas if q.kind != "max_concurrent_requests"}, now) if quotas else {}
+def _decide(counters: CounterFile, reservation: Reservation, now: float) -> tuple[Admission, _Lease | None]:
+    _, _, day, month = _periods(int(now))
+    rows: dict[str, tuple[int, list[float]]] = {}
     after: dict[str, tuple[Quota, float]] = {}
-    conc: Quota | None = None
-    for quota in quotas:
+    lease = _Lease(0.0, reservation.tokens, None, None, None)
+    live = counters.holders(now)
+    for quota in reservation.quotas:
+        if quota.scope not in rows:
+            rows[quota.scope] = _scope_row(counters, quota.scope, day, month)
+        row = rows[quota.scope][1]
         if quota.kind in _RATE_KINDS:
             need = 1 if quota.kind == "requests_per_minute" else reservation.tokens
-            level = scopes[quota.scope].level(quota.kind, quota.limit, now)
+            i = RPM if quota.kind == "requests_per_minute" else TPM
+            level = refill(row[i], row[i + 1], quota.limit, now)
             if need > quota.limit or level < need:
                 wait = 0.0 if need > quota.limit else (need - level) * 60.0 / quota.limit
-                return Admission(False, quota.kind, wait, **_headers(after, quota, level))
+                return Admission(False, quota.kind, wait, **_headers(after, quota, level)), None
             after[quota.kind] = (quota, level - need)
-        elif quota.kind in _BUDGET_KINDS:
-            if scopes[quota.scope].spent(quota.kind) + reservation.tokens > quota.limit:
-                return Admission(False, quota.kind, 0.0, **_headers(after))
+        elif quota.kind == "max_concurrent_requests":
+            if _held(counters, live, quota.scope, CONC, None) >= quota.limit:
+                return Admission(False, quota.kind, 1.0, **_headers(after)), None
+            lease.conc = quota.scope
         else:
-            conc = quota
-    if conc is not None:
-        held = db.execute(
-            "SELECT COUNT(*) FROM leases WHERE conc_scope = ? AND expires > ?", (conc.scope, now)
-        ).fetchone()[0]
-        if held >= conc.limit:
-            return Admission(False, conc.kind, 1.0, **_headers(after))
+            daily = quota.kind == "tokens_per_day"
+            used = int(row[DAY_USED if daily else MONTH_USED])
+            period = (H_DAY, day) if daily else (H_MONTH, month)
+            held = _held(counters, live, quota.scope, DAY_HELD if daily else MONTH_HELD, period)
+            if used + held + reservation.tokens > quota.limit:
+                return Admission(False, quota.kind, 0.0, **_headers(after)), None
+            if daily:
+                lease.day = (quota.scope, day)
+            else:
+                lease.month = (quota.scope, month)
     for quota, level in after.values():
-        scopes[quota.scope].set_level(quota.kind, level, now)
-    budgets = {q.kind: q.scope for q in quotas if q.kind in _BUDGET_KINDS}
-    for kind, scope in budgets.items():
-        scopes[scope].add(kind, 0, reservation.tokens)
-    _save(db, scopes)
-    lease_id = None
-    if conc is not None or budgets:
-        lease_id = uuid.uuid4().hex
-        day, month = periods(now)
-        db.execute(
-            "INSERT INTO leases VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                lease_id,
-                now + lease_ttl_s,
-                reservation.tokens,
-                conc.scope if conc else None,
-                budgets.get("tokens_per_day"),
-                day,
-                budgets.get("tokens_per_month"),
-                month,
-            ),
-        )
-    return Admission(True, None, 0.0, lease_id, **_headers(after))
+        offset, row = rows[quota.scope]
+        i = RPM if quota.kind == "requests_per_minute" else TPM
+        row[i], row[i + 1] = level, now
+        counters.write(offset, row)
+    held = lease.conc or lease.day or lease.month
+    return Admission(True, None, 0.0, None, **_headers(after)), lease if held else None
+
+
+def _hold(counters: CounterFile, me: Holder, lease: _Lease, sign: int) -> None:
+    """Add (sign 1) or remove (-1) a lease from this holder's rows."""
+    changes: dict[str, dict[int, tuple[float, int | None]]] = {}
+    if lease.conc:
+        changes.setdefault(lease.conc, {})[CONC] = (1, None)
+    if lease.day:
+        changes.setdefault(lease.day[0], {})[DAY_HELD] = (lease.tokens, lease.day[1])
+    if lease.month:
+        changes.setdefault(lease.month[0], {})[MONTH_HELD] = (lease.tokens, lease.month[1])
+    for scope, fields in changes.items():
+        offset = counters.find(f"h|{scope}|{me.index}", create=True)
+        assert offset is not None
+        row = counters.read(offset)
+        if row[GEN] != me.generation:
+            row = [float(me.generation)] + [0.0] * 10
+        for field, (amount, period) in fields.items():
+            period_field = H_DAY if field == DAY_HELD else H_MONTH
+            if period is not None and row[period_field] != period:
+                if sign < 0:
+                    continue  # reserved in a period that has ended: nothing left to release
+                row[period_field], row[field] = period, 0
+            row[field] = max(0.0, row[field] + sign * amount)
+        counters.write(offset, row)
+
+
+def _charge(counters: CounterFile, reservation: Reservation, usage: Usage, now: float) -> None:
+    """Settle: refund the unused reservation to the token bucket, count the used tokens in the budgets."""
+    _, _, day, month = _periods(int(now))
+    refund = max(0, reservation.tokens - usage.total)
+    for quota in reservation.quotas:
+        if quota.kind not in ("tokens_per_minute", "tokens_per_day", "tokens_per_month"):
+            continue
+        offset, row = _scope_row(counters, quota.scope, day, month)
+        if quota.kind == "tokens_per_minute":
+            row[TPM] = min(float(quota.limit), refill(row[TPM], row[TPM_AT], quota.limit, now) + refund)
+            row[TPM_AT] = now
+        elif quota.kind == "tokens_per_day":
+            row[DAY_USED] += usage.total
+        else:
+            row[MONTH_USED] += usage.total
+        counters.write(offset, row)
 
 
 def _headers(after: dict[str, tuple[Quota, float]], denied: Quota | None = None, level: float = 0.0) -> dict:
@@ -289,63 +366,6 @@ def _headers(after: dict[str, tuple[Quota, float]], denied: Quota | None = None,
     if denied is not None:
         states[_RATE_KINDS[denied.kind]] = bucket_state(denied.limit, level)
     return states
-
-
-def _release(db: sqlite3.Connection, lease_id: str, now: float) -> None:
-    row = db.execute(
-        "SELECT tokens, day_scope, day, month_scope, month FROM leases WHERE id = ?", (lease_id,)
-    ).fetchone()
-    if row is None:
-        return  # lapsed and swept: its reservation is already released
-    tokens, day_scope, day, month_scope, month = row
-    db.execute("DELETE FROM leases WHERE id = ?", (lease_id,))
-    names = {n for n in (day_scope, month_scope) if n}
-    if not names:
-        return
-    scopes = _load(db, names, now)
-    if day_scope and scopes[day_scope].values[4] == day:
-        scopes[day_scope].add("tokens_per_day", 0, -tokens)
-    if month_scope and scopes[month_scope].values[7] == month:
-        scopes[month_scope].add("tokens_per_month", 0, -tokens)
-    _save(db, scopes)
-
-
-def _sweep(db: sqlite3.Connection, now: float) -> None:
-    """Release the reservations of leases whose holder stopped renewing them."""
-    for (lease_id,) in db.execute("SELECT id FROM leases WHERE expires <= ?", (now,)).fetchall():
-        _release(db, lease_id, now)
-
-
-def _settle(db: sqlite3.Connection, reservation: Reservation, lease_id: str | None, usage: Usage, now: float) -> None:
-    if lease_id is not None:
-        _release(db, lease_id, now)
-    used = usage.total
-    refund = max(0, reservation.tokens - used)
-    counted = [q for q in reservation.quotas if q.kind in _BUDGET_KINDS or (q.kind == "tokens_per_minute" and refund)]
-    if counted:
-        scopes = _load(db, {q.scope for q in counted}, now)
-        for quota in counted:
-            scope = scopes[quota.scope]
-            if quota.kind == "tokens_per_minute":
-                level = scope.level(quota.kind, quota.limit, now)
-                scope.set_level(quota.kind, min(float(quota.limit), level + refund), now)
-            else:
-                scope.add(quota.kind, used, 0)
-        _save(db, scopes)
-    db.execute(
-        "INSERT INTO usage VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT (day, tenant, key_id, model) DO UPDATE SET "
-        "requests = requests + 1, prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
-        "completion_tokens = completion_tokens + excluded.completion_tokens",
-        (
-            periods(now)[0],
-            reservation.tenant,
-            reservation.key_id,
-            reservation.model,
-            usage.prompt_tokens,
-            usage.completion_tokens,
-        ),
-    )
-    db.execute("INSERT OR REPLACE INTO key_use VALUES (?, ?)", (reservation.key_id, now))
 
 
 def _kills(db: sqlite3.Connection) -> KillState:
