@@ -32,6 +32,7 @@ class Server:
     process: subprocess.Popen[bytes]
     log_path: Path
     scratch: Path | None = None
+    api_key: str | None = None
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -114,13 +115,53 @@ def start_raw_vllm(model: ModelConfig, path: Path, log_dir: Path) -> Server:
     return server
 
 
+# The benchmark's tenant: governance on, with every counted limit set (high enough never to
+# refuse), so each request pays for the real decision, lease, settlement and audit records.
+BENCH_TENANT = {
+    "id": "bench",
+    "models": ["*"],
+    "limits": {
+        "requests_per_minute": 1_000_000,
+        "tokens_per_minute": 1_000_000_000,
+        "max_concurrent_requests": 10_000,
+        "tokens_per_day": 10**12,
+        "tokens_per_month": 10**13,
+    },
+    # what `vllm bench serve` sends beyond OpenAI's fields
+    "parameters": {"allowed_fields": ["ignore_eos", "repetition_penalty"]},
+}
+
+
+def governance_for_bench(state_dir: Path) -> tuple[Path, str]:
+    """A governance file with one bench key; returns its path and the key."""
+    import yaml
+
+    from service.governance.keys import hash_key, new_key
+
+    key = new_key()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "governance.yaml"
+    tenant = {**BENCH_TENANT, "keys": [{"id": "bench", "hash": hash_key(key)}]}
+    path.write_text(yaml.safe_dump({"version": 1, "tenants": [tenant]}, sort_keys=False))
+    return path, key
+
+
 def start_paddock(config_path: Path, log_dir: Path) -> Server:
-    port = free_port()
+    port, admin_port = free_port(), free_port()
     ray_dir = Path(tempfile.mkdtemp(prefix="pd-bench-ray-", dir="/tmp"))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PADDOCK_PORT": str(port), "PADDOCK_RAY_TEMP_DIR": str(ray_dir)}
+    governance, key = governance_for_bench(ray_dir / "state")
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PADDOCK_PORT": str(port),
+        "PADDOCK_ADMIN_PORT": str(admin_port),
+        "PADDOCK_RAY_TEMP_DIR": str(ray_dir),
+        "PADDOCK_STATE_DIR": str(ray_dir / "state"),
+        "PADDOCK_GOVERNANCE_FILE": str(governance),
+    }
     argv = [str(ROOT / ".venv/bin/paddock"), "serve", "--config", str(config_path)]
     process, log_path = _spawn("paddock", argv, env, log_dir)
-    server = Server("Paddock", f"http://127.0.0.1:{port}", process, log_path, scratch=ray_dir)
+    server = Server("Paddock", f"http://127.0.0.1:{port}", process, log_path, scratch=ray_dir, api_key=key)
     deadline = time.monotonic() + 900
     while "Paddock is serving on" not in log_path.read_text(errors="replace"):
         if process.poll() is not None or time.monotonic() > deadline:

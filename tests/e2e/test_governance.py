@@ -221,6 +221,10 @@ def test_admin_api_needs_its_own_token(stack) -> None:
         assert http.get("/admin/v1/kills").status_code == 401
         tenant_key = {"authorization": f"Bearer {stack.keys['acme']}"}
         assert http.post("/admin/v1/disable", json={"scope": "all"}, headers=tenant_key).status_code == 401
+        metrics = http.get("/metrics").text  # the governance counters, for the dashboards
+        assert 'paddock_governance_decisions_total{decision="allow",reason="admitted"}' in metrics
+        assert 'paddock_governance_decisions_total{decision="deny",reason="invalid_api_key"}' in metrics
+        assert "paddock_governance_decision_seconds_bucket" in metrics
     keys = {k["id"]: k for k in stack.admin("GET", "/admin/v1/keys")[1]["keys"]}
     assert keys["key-acme"]["tenant"] == "acme" and keys["key-acme"]["last_used"]
     assert "hash" not in json.dumps(keys)
