@@ -110,7 +110,7 @@ def _prepare_governance(settings: Settings) -> str:
     return (
         f"Governance is on: every API call needs a key. Tenants and keys: {policy}\n"
         f"  Get a key:   .venv/bin/paddock keys create --tenant local --append {policy}\n"
-        f"  Use it:      OPENAI_BASE_URL=<the URL above>/v1 OPENAI_API_KEY=pk-…\n"
+        f"  Use it:      OPENAI_BASE_URL={{url}}/v1 OPENAI_API_KEY=pk-…\n"
         f"  Admin API:   {{admin}} (token in {token}); e.g. .venv/bin/paddock admin status\n"
         f"  Audit log:   {settings.resolved_audit_dir()}"
     )
@@ -129,7 +129,7 @@ def serve_forever(config: ServiceConfig, settings: Settings) -> None:
         governance = _prepare_governance(settings)
         url = deploy(config, settings)
         print(f"Paddock is serving on {url}/v1 — models: {models_summary(config)}", flush=True)
-        print(governance.format(admin=f"http://{config.admin.host}:{config.admin.port}"), flush=True)
+        print(governance.format(url=url, admin=f"http://{config.admin.host}:{config.admin.port}"), flush=True)
         stop.wait()
         print("stopping Paddock…", flush=True)
     finally:

@@ -12,6 +12,7 @@ Both survive restarts (kills included). The clock is the node's.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sqlite3
 import threading
@@ -93,6 +94,8 @@ class LocalStore:
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as error:
             raise StoreUnavailable(f"governance state store {path}: {error}") from error
+        with contextlib.suppress(OSError):  # usage per tenant and key is nobody else's business
+            path.chmod(0o600)
         self._counters = CounterFile(path.with_suffix(".counters"))
         self._holder: Holder | None = None
         self._leases: dict[str, _Lease] = {}
