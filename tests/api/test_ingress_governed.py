@@ -20,6 +20,7 @@ from service.governance.governor import GovernanceOptions, Governor
 from service.governance.keys import hash_key, new_key
 from service.governance.records import AuditTrail
 from service.governance.reload import PolicyHolder
+from service.governance.store import open_store
 from service.governance.store.local import LocalStore
 from service.observability.metrics import GovernanceMetrics
 
@@ -182,9 +183,15 @@ async def test_the_tenant_timeout_ends_a_stream_in_band(governed) -> None:
 
 async def test_store_down_fails_closed(governed) -> None:
     base, keys, _, governor, _ = governed
-    governor.store._db.close()  # the store is gone
-    status, headers, body = await post(base, keys["a"], CHAT)
+    real = governor.store
+    governor.store = open_store(f"redis://127.0.0.1:{free_port()}/0", Path("/nonexistent"))  # nobody listens
+    try:
+        status, headers, body = await post(base, keys["a"], CHAT)
+    finally:
+        await governor.store.close()
+        governor.store = real
     assert status == 503 and json.loads(body)["error"]["code"] == "governance_unavailable"
+    assert "state store unavailable" in json.loads(body)["error"]["message"]
     assert governor.trail.metrics.store_errors.labels("admit")._value.get() == 1
 
 
