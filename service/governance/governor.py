@@ -14,12 +14,12 @@ import asyncio
 import hashlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from service.config.schema import ModelConfig, ServiceConfig
-from service.governance.keys import Principal, bearer
+from service.governance.keys import KeyIndex, Principal, bearer
 from service.governance.params import Shaped, shape_request
 from service.governance.policy import ALL_MODELS, Limits, Parameters
 from service.governance.records import AuditTrail
@@ -42,7 +42,7 @@ class GovernanceOptions:
     cache_salt_secret: bytes = b""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Ticket:
     """One admitted request, from decision to settlement."""
 
@@ -58,7 +58,7 @@ class Ticket:
     client: str
     task: asyncio.Task[Any] | None = None
     killed: str | None = None
-    settled: bool = field(default=False)
+    settled: bool = False
 
     def kill(self, message: str) -> None:
         if self.killed is None:
@@ -67,13 +67,20 @@ class Ticket:
                 self.task.cancel()
 
 
+_REQUEST_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests")
+_TOKEN_HEADERS = ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")
+
+
 def ratelimit_headers(admission: Admission) -> dict[str, str]:
     headers: dict[str, str] = {}
-    for kind, state in (("requests", admission.requests), ("tokens", admission.tokens)):
+    for (limit, remaining, reset), state in (
+        (_REQUEST_HEADERS, admission.requests),
+        (_TOKEN_HEADERS, admission.tokens),
+    ):
         if state is not None:
-            headers[f"x-ratelimit-limit-{kind}"] = str(state.limit)
-            headers[f"x-ratelimit-remaining-{kind}"] = str(state.remaining)
-            headers[f"x-ratelimit-reset-{kind}"] = f"{state.reset_s:.3f}s"
+            headers[limit] = str(state.limit)
+            headers[remaining] = str(state.remaining)
+            headers[reset] = f"{state.reset_s:.3f}s"
     return headers
 
 
@@ -89,6 +96,17 @@ def effective(principal: Principal) -> tuple[Limits, Parameters, tuple[Quota, ..
             scope = f"key:{key.id}" if kind in key.limits else f"tenant:{tenant.id}"
             quotas.append(Quota(kind, scope, value))
     return limits, params, tuple(quotas)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a principal may do under the policy in force: :func:`effective`, its models and its cache salt."""
+
+    limits: Limits
+    params: Parameters
+    quotas: tuple[Quota, ...]
+    models: frozenset[str]  # model ids
+    cache_salt: str
 
 
 class Governor:
@@ -109,7 +127,11 @@ class Governor:
         self.store = store
         self.trail = trail
         self._metrics = metrics
+        self._decision_seconds = metrics.decision_seconds
         self._options = options
+        # Grants of the policy version in force (by id of their owner, kept alive by the entry; see grant()).
+        self._grants: dict[int, tuple[object, Grant]] = {}
+        self._grants_index: KeyIndex | None = None
         self._kills: dict[str, dict[str, object]] = {}
         self._kill_version = -1
         self._throttled: dict[str, float] = {}
@@ -140,9 +162,9 @@ class Governor:
     # -- authentication ----------------------------------------------------
 
     async def authenticate(self, authorization: str | None, client: str) -> Principal:
-        now = time.monotonic()
-        if self._throttled.get(client, 0.0) > now:
-            raise self._throttle(self._throttled[client] - now)
+        throttled = self._throttled.get(client)
+        if throttled is not None and throttled > (now := time.monotonic()):
+            raise self._throttle(throttled - now)
         presented = bearer(authorization)
         principal = self.policy.index.lookup(presented) if presented else None
         if principal is None:
@@ -153,6 +175,8 @@ class Governor:
                 else "Incorrect API key provided."
             )
             raise await self._auth_failure(client, Refusal(reason, message))
+        if principal.usable_until > time.time():  # enabled, of an enabled tenant, not expired
+            return principal
         key = principal.key
         if not key.enabled or key.expired(datetime.now(UTC)):
             state = "disabled" if not key.enabled else "expired"
@@ -179,16 +203,39 @@ class Governor:
 
     # -- authorisation -----------------------------------------------------
 
-    def allowed(self, principal: Principal) -> set[str]:
-        """Model ids this principal may use."""
+    def grant(self, principal: Principal) -> Grant:
+        """The principal's :class:`Grant`, worked out once per policy version.
+
+        A key without overrides gets its tenant's grant (cached per tenant); a key with overrides its own.
+        Entries hold their owner, so an id is never reused while cached; a reload starts a new cache.
+        """
+        index = self.policy.index
+        if index is not self._grants_index:
+            self._grants, self._grants_index = {}, index
+        key = principal.key
+        owner: object = principal if key.limits or key.parameters or key.models is not None else principal.tenant
+        entry = self._grants.get(id(owner))
+        if entry is None or entry[0] is not owner:
+            entry = self._grants[id(owner)] = (owner, self._new_grant(principal))
+        return entry[1]
+
+    def _new_grant(self, principal: Principal) -> Grant:
+        limits, params, quotas = effective(principal)
         names = principal.key.models if principal.key.models is not None else principal.tenant.models
         if ALL_MODELS in names:
-            return set(self._models)
-        return {self._names[n].id for n in names if n in self._names}
+            models = frozenset(self._models)
+        else:
+            models = frozenset(self._names[n].id for n in names if n in self._names)
+        material = self._options.cache_salt_secret + principal.tenant.id.encode()
+        return Grant(limits, params, quotas, models, hashlib.sha256(material).hexdigest()[:32])
+
+    def allowed(self, principal: Principal) -> set[str]:
+        """Model ids this principal may use."""
+        return set(self.grant(principal).models)
 
     def resolve(self, principal: Principal, name: str) -> ModelConfig | None:
         model = self._names.get(name)
-        if model is None or model.id not in self.allowed(principal):
+        if model is None or model.id not in self.grant(principal).models:
             return None
         return model
 
@@ -201,17 +248,18 @@ class Governor:
         self, principal: Principal, model: ModelConfig, route: str, body: dict[str, Any], request_id: str, client: str
     ) -> Ticket:
         started = time.monotonic()
-        self._check_kills(principal, model)
-        _, params, quotas = effective(principal)
+        if self._kills:  # usually none at all
+            self._check_kills(principal, model)
+        grant = self.grant(principal)
         shaped = shape_request(
             route,
             body,
-            params,
+            grant.params,
             max_model_len=model.max_model_len or 2048,
-            cache_salt=self._cache_salt(principal) if model.task == "generate" else None,
+            cache_salt=grant.cache_salt if model.task == "generate" else None,
         )
         reservation = Reservation(
-            request_id, principal.tenant.id, principal.key.id, model.id, shaped.reserve_tokens, quotas
+            request_id, principal.tenant.id, principal.key.id, model.id, shaped.reserve_tokens, grant.quotas
         )
         admission = await self._admit(reservation)
         if not admission.admitted:
@@ -230,7 +278,7 @@ class Governor:
             task=asyncio.current_task(),
         )
         self.active.add(ticket)
-        self._metrics.decision_seconds.observe(time.monotonic() - started)
+        self._decision_seconds.observe(time.monotonic() - started)
         return ticket
 
     async def _admit(self, reservation: Reservation) -> Admission:
@@ -248,10 +296,6 @@ class Governor:
                 "unavailable); retry later.",
                 retry_after_s=5,
             ) from None
-
-    def _cache_salt(self, principal: Principal) -> str:
-        material = self._options.cache_salt_secret + principal.tenant.id.encode()
-        return hashlib.sha256(material).hexdigest()[:32]
 
     # -- settlement --------------------------------------------------------
 

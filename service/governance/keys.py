@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from service.governance.policy import GovernanceFile, KeyEntry, Tenant
@@ -37,10 +38,24 @@ def new_key_id(tenant: str, now: datetime | None = None) -> str:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the key's entry and its tenant (never the key itself)."""
+    """Who is calling: the key's entry and its tenant (never the key itself).
+
+    ``usable_until``: the Unix time until which the key may be used, worked out once (``inf`` for an enabled key
+    of an enabled tenant without an expiry, ``-inf`` if either is disabled), so that authenticating a request
+    compares two floats; the key entry stays the authority on why a key is refused.
+    """
 
     tenant: Tenant
     key: KeyEntry
+    usable_until: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        key = self.key
+        if not key.enabled or not self.tenant.enabled:
+            until = -math.inf
+        else:
+            until = math.inf if key.expires is None else key.expires.timestamp()
+        object.__setattr__(self, "usable_until", until)
 
 
 class KeyIndex:

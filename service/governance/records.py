@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from service.governance.audit import redact
+from prometheus_client import Counter
+
+from service.governance.audit import UtcClock, redact
 from service.governance.keys import Principal
 from service.governance.store.base import Usage
 from service.observability.metrics import GovernanceMetrics
@@ -29,10 +30,6 @@ class Writer(Protocol):
     def close(self) -> None: ...
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def prompt_text(body: dict[str, Any]) -> str:
     fields = {k: body[k] for k in ("instructions", "messages", "prompt", "input") if k in body}
     return redact(json.dumps(fields, ensure_ascii=False))
@@ -44,6 +41,10 @@ class AuditTrail:
     def __init__(self, writer: Writer | None, metrics: GovernanceMetrics) -> None:
         self._writer = writer
         self.metrics = metrics
+        self._now = UtcClock()
+        self._allowed = metrics.decisions.labels("allow", "admitted")  # every admitted request: bound once
+        self._inflight = metrics.inflight
+        self._finished: dict[tuple[str, str, int], tuple[Counter, Counter, Counter]] = {}
 
     def _write(self, record: dict[str, Any]) -> None:
         if self._writer is None:
@@ -77,7 +78,7 @@ class AuditTrail:
             self.metrics.requests.labels(model, tenant, str(status)).inc()
         self._write(
             {
-                "time": _now(),
+                "time": self._now(),
                 "event": "request",
                 "phase": "refused",
                 "request_id": request_id,
@@ -95,40 +96,55 @@ class AuditTrail:
         )
 
     def admitted(self, ticket: Any) -> None:
-        self.metrics.decisions.labels("allow", "admitted").inc()
-        self.metrics.inflight.inc()
+        self._allowed.inc()
+        self._inflight.inc()
+        principal, shaped = ticket.principal, ticket.shaped
+        tenant = principal.tenant
         record = {
-            "time": _now(),
+            "time": self._now(),
             "event": "request",
             "phase": "admitted",
             "request_id": ticket.request_id,
             "route": ticket.route,
             "client": ticket.client,
-            "tenant": ticket.principal.tenant.id,
-            "key_id": ticket.principal.key.id,
+            "tenant": tenant.id,
+            "key_id": principal.key.id,
             "model": ticket.model.id,
             "decision": "allow",
             "reason": "admitted",
             "reserved_tokens": ticket.reservation.tokens,
-            "stream": ticket.shaped.stream,
+            "stream": shaped.stream,
         }
-        if ticket.principal.tenant.audit.include_text:
-            record["prompt"] = prompt_text(ticket.shaped.body)
+        if tenant.audit.include_text:
+            record["prompt"] = prompt_text(shaped.body)
         self._write(record)
+
+    def _finished_counters(self, model: str, tenant: str, status: int) -> tuple[Counter, Counter, Counter]:
+        """The requests, prompt-token and completion-token counters of one (model, tenant, status)."""
+        counters = self._finished.get((model, tenant, status))
+        if counters is None:
+            m = self.metrics
+            counters = self._finished[model, tenant, status] = (
+                m.requests.labels(model, tenant, str(status)),
+                m.tokens.labels(model, tenant, "prompt"),
+                m.tokens.labels(model, tenant, "completion"),
+            )
+        return counters
 
     def completed(
         self, ticket: Any, *, status: int, usage: Usage | None, outcome: str, completion: str | None = None
     ) -> None:
-        self.metrics.inflight.dec()
+        self._inflight.dec()
         tenant, model = ticket.principal.tenant.id, ticket.model.id
-        self.metrics.requests.labels(model, tenant, str(status)).inc()
+        requests, prompt, completion_tokens = self._finished_counters(model, tenant, status)
+        requests.inc()
         if usage is not None:
-            self.metrics.tokens.labels(model, tenant, "prompt").inc(usage.prompt_tokens)
-            self.metrics.tokens.labels(model, tenant, "completion").inc(usage.completion_tokens)
+            prompt.inc(usage.prompt_tokens)
+            completion_tokens.inc(usage.completion_tokens)
         if outcome == "killed":
             self.metrics.killed.labels("stream").inc()
         record = {
-            "time": _now(),
+            "time": self._now(),
             "event": "request",
             "phase": "completed",
             "request_id": ticket.request_id,
@@ -149,7 +165,7 @@ class AuditTrail:
     def admin(self, *, actor: str, action: str, target: str, before: Any, after: Any, client: str) -> None:
         self._write(
             {
-                "time": _now(),
+                "time": self._now(),
                 "event": "admin",
                 "actor": actor,
                 "action": action,

@@ -13,12 +13,13 @@ import signal
 import subprocess
 import sys
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from service.cli.audit import register
-from service.governance.audit import GENESIS, NO_END, AuditLog, Problem, redact, verify, verify_file
+from service.governance.audit import GENESIS, NO_END, AuditLog, Problem, UtcClock, redact, verify, verify_file
 
 KEY = b"audit-test-key-0123456789"
 REQUEST = {
@@ -103,6 +104,37 @@ def test_write_returns_the_record_and_mirrors_it_to_stdout(tmp_path: Path) -> No
     assert verify([log.path]) == []
     with pytest.raises(ValueError, match="closed"):
         log.write({"event": "late"})
+
+
+def test_a_line_is_the_records_canonical_json_with_its_hash_spliced_in_last(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path, writer_id="w1")
+    written = log.write({**REQUEST, "nested": {"b": [1.5, None, True, -3], "a": 'é\n\\"x'}, "z": 10**20})
+    log.close()
+    canonical = json.dumps(
+        {k: v for k, v in written.items() if k != "hash"},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    )
+    assert lines(log.path)[1] == canonical[:-1] + ',"hash":"' + written["hash"] + '"}\n'
+    assert written["hash"] == hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def test_the_clock_reads_like_datetime_isoformat_across_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = UtcClock()
+    for ns in (
+        1_700_000_000_000_000_000,
+        1_700_000_000_123_456_789,
+        1_700_000_000_999_999_999,
+        1_700_000_001_000_999_999,
+    ):
+        monkeypatch.setattr("service.governance.audit.time.time_ns", lambda ns=ns: ns)
+        now = datetime.fromtimestamp(ns // 10**9, UTC).replace(microsecond=ns // 1000 % 10**6)
+        assert clock() == now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    monkeypatch.undo()
+    before = datetime.now(UTC).replace(microsecond=0)
+    assert before <= datetime.fromisoformat(UtcClock()()) <= datetime.now(UTC)
 
 
 def test_a_second_chain_is_never_appended_to_an_existing_file(tmp_path: Path) -> None:

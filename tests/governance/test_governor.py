@@ -32,7 +32,7 @@ BODY = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_t
 
 @pytest.fixture
 async def gov(tmp_path: Path):
-    keys = {name: new_key() for name in ("a", "b", "old", "off", "frozen")}
+    keys = {name: new_key() for name in ("a", "b", "old", "off", "frozen", "later")}
     tenants = [
         {
             "id": "acme",
@@ -43,6 +43,7 @@ async def gov(tmp_path: Path):
                 {"id": "kb", "hash": hash_key(keys["b"]), "models": ["*"], "limits": {"requests_per_minute": 2}},
                 {"id": "kold", "hash": hash_key(keys["old"]), "expires": "2020-01-01T00:00:00Z"},
                 {"id": "koff", "hash": hash_key(keys["off"]), "enabled": False},
+                {"id": "klater", "hash": hash_key(keys["later"]), "expires": "2999-01-01T00:00:00Z"},
             ],
         },
         {"id": "ice", "enabled": False, "models": ["*"], "keys": [{"id": "kf", "hash": hash_key(keys["frozen"])}]},
@@ -71,6 +72,7 @@ async def reason_of(call) -> str:
 async def test_authentication_outcomes(gov) -> None:
     governor, keys = gov
     assert (await governor.authenticate(f"Bearer {keys['a']}", "1.1.1.1")).key.id == "ka"
+    assert (await governor.authenticate(f"Bearer {keys['later']}", "1.1.1.1")).key.id == "klater"
     assert await reason_of(governor.authenticate(None, "1.1.1.1")) == "missing_api_key"
     assert await reason_of(governor.authenticate(f"Bearer {keys['old']}", "1.1.1.1")) == "invalid_api_key"
     assert await reason_of(governor.authenticate(f"Bearer {keys['off']}", "2.2.2.2")) == "invalid_api_key"
@@ -130,3 +132,39 @@ async def test_store_down_fails_closed_unless_fail_open(gov) -> None:
     governor._options = GovernanceOptions(fail_open=True)
     ticket = await governor.admit(a, model, "/v1/chat/completions", BODY, "r2", "x")
     assert ticket.lease_id is None
+
+
+async def test_grants_are_worked_out_once_per_policy_version(gov) -> None:
+    governor, keys = gov
+    a = await governor.authenticate(f"Bearer {keys['a']}", "x")
+    b = await governor.authenticate(f"Bearer {keys['b']}", "x")
+    old = governor.policy.index.by_id("kold")
+    assert governor.grant(a) is governor.grant(old)  # no overrides: the tenant's grant
+    assert governor.grant(b) is not governor.grant(a)
+    for principal in (a, b):
+        assert (governor.grant(principal).limits, governor.grant(principal).quotas) == effective(principal)[::2]
+    allowed = governor.allowed(a)
+    allowed.add("emb")  # a fresh set each time
+    assert governor.allowed(a) == {"chat"}
+    path = governor.policy.path
+    data = yaml.safe_load(path.read_text())
+    data["tenants"][0] |= {"models": ["*"], "limits": {"requests_per_minute": 7}}
+    path.write_text(yaml.safe_dump(data))
+    assert governor.policy.reload_if_changed()
+    renewed = await governor.authenticate(f"Bearer {keys['a']}", "x")
+    assert governor.allowed(renewed) == {"chat", "emb"}
+    assert [(q.kind, q.limit) for q in governor.grant(renewed).quotas] == [("requests_per_minute", 7)]
+    assert governor.allowed(a) == {"chat"}  # a request authenticated before the reload keeps its policy
+
+
+async def test_kills_are_checked_only_when_there_are_some(gov) -> None:
+    governor, keys = gov
+    a = await governor.authenticate(f"Bearer {keys['a']}", "x")
+    model = governor.resolve(a, "chat")
+    await governor.settle(await governor.admit(a, model, "/v1/chat/completions", BODY, "r1", "x"), Usage(1, 1))
+    await governor.store.kill("model:chat", "bad weights", "admin")
+    await governor.refresh_kills()
+    assert await reason_of(governor.admit(a, model, "/v1/chat/completions", BODY, "r2", "x")) == "killed"
+    await governor.store.revive("model:chat", "admin")
+    await governor.refresh_kills()
+    await governor.admit(a, model, "/v1/chat/completions", BODY, "r3", "x")

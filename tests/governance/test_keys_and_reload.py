@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 import os
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -10,6 +13,7 @@ import pytest
 import yaml
 
 from service.cli.main import main
+from service.governance import reload
 from service.governance.keys import KeyIndex, bearer, hash_key, new_key
 from service.governance.policy import GovernanceFile
 from service.governance.reload import GovernanceError, PolicyHolder, load_governance
@@ -123,3 +127,53 @@ def test_reload_follows_an_atomic_symlink_swap_and_keeps_the_last_good_policy(tm
     assert not holder.reload_if_changed()
     assert holder.index.lookup(key) is not None  # the last good policy stays in force
     assert results == ["ok", "error"]
+
+
+def test_principals_know_until_when_they_are_usable() -> None:
+    keys = [
+        {"id": "plain", "hash": hash_key("pk-1")},
+        {"id": "dated", "hash": hash_key("pk-2"), "expires": "2030-01-01T00:00:00Z"},
+        {"id": "off", "hash": hash_key("pk-3"), "enabled": False},
+    ]
+    tenants = [{"id": "a", "models": ["*"], "keys": keys}]
+    tenants.append({"id": "b", "enabled": False, "models": ["*"], "keys": [{"id": "b1", "hash": hash_key("pk-4")}]})
+    index = KeyIndex(GovernanceFile.model_validate({"tenants": tenants}))
+    until = {p.key.id: p.usable_until for p in index.principals()}
+    assert until == {
+        "plain": math.inf,
+        "dated": datetime(2030, 1, 1, tzinfo=UTC).timestamp(),
+        "off": -math.inf,
+        "b1": -math.inf,
+    }
+    assert index.by_id("plain") == KeyIndex(GovernanceFile.model_validate({"tenants": tenants})).by_id("plain")
+
+
+def test_the_governance_file_is_read_with_libyaml_when_pyyaml_has_it() -> None:
+    assert reload._YAML_LOADER is (yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader)
+
+
+async def test_the_watcher_loads_in_a_thread_and_swaps_policy_and_index_on_the_loop(tmp_path: Path) -> None:
+    key, path = new_key(), tmp_path / "governance.yaml"
+    path.write_text(yaml.safe_dump(STARTER))
+    results: list[tuple[str, threading.Thread]] = []
+    holder = PolicyHolder(path, on_reload=lambda r, e: results.append((r, threading.current_thread())), interval_s=0.01)
+    loaders: list[threading.Thread] = []
+    load = holder._load_if_changed
+    holder._load_if_changed = lambda: loaders.append(threading.current_thread()) or load()  # type: ignore[method-assign]
+    watcher = asyncio.create_task(holder.watch())
+    try:
+        with_key = {"tenants": [{"id": "acme", "models": ["*"], "keys": [{"id": "k", "hash": hash_key(key)}]}]}
+        path.write_text(yaml.safe_dump(with_key))
+        async with asyncio.timeout(10):
+            while holder.index.lookup(key) is None:
+                await asyncio.sleep(0.01)
+        assert holder.policy.tenants[0].keys[0].id == "k"
+        path.write_text("tenants: [{id: acme, models: 7}]")
+        async with asyncio.timeout(10):
+            while len(results) < 2:
+                await asyncio.sleep(0.01)
+    finally:
+        watcher.cancel()
+    assert loaders and threading.main_thread() not in loaders
+    assert results == [("ok", threading.main_thread()), ("error", threading.main_thread())]
+    assert holder.index.lookup(key) is not None

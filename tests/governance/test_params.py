@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from typing import Any
 
 import pytest
 
 from service.governance.params import (
+    _ENCODER,
+    _OPAQUE_PARTS,
     CHAT,
     COMPLETIONS,
     EMBEDDINGS,
@@ -17,6 +20,7 @@ from service.governance.params import (
     TEMPLATE_TOKENS,
     TOOLS_TOKENS,
     Shaped,
+    _encode,
     shape_request,
 )
 from service.governance.policy import Parameters
@@ -508,3 +512,25 @@ def test_shaped_is_frozen() -> None:
     shaped = shape(CHAT, chat())
     with pytest.raises(AttributeError):
         shaped.stream = True  # type: ignore[misc]
+
+
+def test_every_opaque_part_name_holds_a_word_the_regex_prefilter_looks_for() -> None:
+    names = re.findall(r"[a-z_]+", _OPAQUE_PARTS.pattern.removeprefix('"(?:'))
+    assert len(names) >= 9
+    for name in names:
+        assert any(word in name for word in ("image", "audio", "video", "file")), name
+
+
+def test_the_prompt_encoder_encodes_as_the_json_encoder_does() -> None:
+    class Opaque:
+        def __str__(self) -> str:
+            return "opaque"
+
+    values: list[Any] = [[{"b": 'é\n"\\', "a": [1, 2.5, None, True]}, "x\ud800", 10**30], [float("nan"), {1: 2}]]
+    values.append([Opaque()])  # not JSON: default=str
+    for value in values:
+        assert _encode(value) == _ENCODER.encode(value)
+    circular: list[Any] = []
+    circular.append(circular)
+    with pytest.raises(ValueError, match="Circular reference"):
+        _encode(circular)
