@@ -12,6 +12,7 @@ import uvicorn
 import yaml
 from aiohttp import web
 
+from bench.servers import free_port
 from service.api.ingress import IngressApp
 from service.api.upstream import Endpoint, Upstream
 from service.config.loader import parse_config
@@ -29,14 +30,6 @@ CONFIG = parse_config(
     {"models": [{"id": "chat", "source": {"path": "/m"}, "kv_cache_memory": "1GiB", "max_model_len": 1000}]},
     "test",
 )
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Directory:

@@ -14,17 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from bench.servers import free_port
 from service.governance.store import open_store
 
 BACKENDS = ["local", "redis"]
 
 _prefixes = itertools.count()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
