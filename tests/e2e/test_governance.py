@@ -217,6 +217,10 @@ def test_hot_reload_adds_and_removes_a_key(stack) -> None:
 def test_admin_api_needs_its_own_token(stack) -> None:
     import httpx
 
+    stack.client("acme").models.list()  # one admitted and one refused call, whatever ran before
+    with stack.http(key=None) as api:
+        assert api.get("/v1/models", headers={"authorization": "Bearer pk-not-a-key"}).status_code == 401
+    stack.client("acme").chat.completions.create(model=CHAT, messages=HI, max_tokens=2)
     with httpx.Client(base_url=stack.admin_url) as http:
         assert http.get("/admin/v1/kills").status_code == 401
         tenant_key = {"authorization": f"Bearer {stack.keys['acme']}"}
@@ -225,8 +229,11 @@ def test_admin_api_needs_its_own_token(stack) -> None:
         assert 'paddock_governance_decisions_total{decision="allow",reason="admitted"}' in metrics
         assert 'paddock_governance_decisions_total{decision="deny",reason="invalid_api_key"}' in metrics
         assert "paddock_governance_decision_seconds_bucket" in metrics
-    keys = {k["id"]: k for k in stack.admin("GET", "/admin/v1/keys")[1]["keys"]}
-    assert keys["key-acme"]["tenant"] == "acme" and keys["key-acme"]["last_used"]
+    deadline = time.monotonic() + 5  # last use is recorded as the request settles, after its response
+    while not (keys := {k["id"]: k for k in stack.admin("GET", "/admin/v1/keys")[1]["keys"]})["key-acme"]["last_used"]:
+        assert time.monotonic() < deadline, "no last use recorded"
+        time.sleep(0.1)
+    assert keys["key-acme"]["tenant"] == "acme"
     assert "hash" not in json.dumps(keys)
 
 
@@ -289,3 +296,16 @@ def test_failed_authentication_is_throttled_per_real_client(stack) -> None:
         )
         assert bystander.status_code == 200
     assert statuses[:20] == [401] * 20 and set(statuses[20:]) == {429}
+
+
+def test_body_too_large_is_413_and_audited(stack) -> None:
+    huge = "x" * (9 * 1024 * 1024)  # over ingress.max_body_bytes (8 MiB)
+    error = refused(
+        lambda: stack.client("acme").chat.completions.create(model=CHAT, messages=[{"role": "user", "content": huge}]),
+        openai.APIStatusError,
+    )
+    assert error.status_code == 413 and body_of(error)["code"] == "payload_too_large"
+    deadline = time.monotonic() + 5
+    while not any(r.get("reason") == "payload_too_large" for r in stack.audit_records()):
+        assert time.monotonic() < deadline, "no audit record for the refused request"
+        time.sleep(0.1)
