@@ -90,7 +90,7 @@ class AdminApp:
         if not isinstance(target, str) or not target:
             raise errors.invalid_request("id is required", param="id")
         known = {
-            "model": {m for m in self._governor.model_ids()},
+            "model": set(self._governor.model_ids()),
             "tenant": {t.id for t in self._governor.policy.policy.tenants},
             "key": {p.key.id for p in self._governor.policy.index.principals()},
         }[kind]

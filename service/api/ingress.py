@@ -139,7 +139,7 @@ class IngressApp:
                 raise errors.method_not_allowed(method, path)
             principal = None
             if path.startswith("/v1/") and self._governor is not None:
-                principal = await self._authenticate(scope, rid, path, time.monotonic())
+                principal = await self._authenticate(scope, rid, path, time.monotonic(), self.client_address(scope))
             await self._get(path, send, headers, principal)
         else:
             raise errors.route_not_found(path)
@@ -211,9 +211,8 @@ class IngressApp:
                 return hop
         return peer
 
-    async def _authenticate(self, scope: Scope, rid: str, route: str, started: float) -> Principal:
+    async def _authenticate(self, scope: Scope, rid: str, route: str, started: float, client: str) -> Principal:
         assert self._governor is not None
-        client = self.client_address(scope)
         try:
             return await self._governor.authenticate(header(scope, b"authorization"), client)
         except Refusal as refusal:
@@ -246,8 +245,8 @@ class IngressApp:
         if self.draining:
             raise errors.unavailable("Paddock is shutting down; retry on another instance.")
         path, started = scope["path"], time.monotonic()
-        principal = await self._authenticate(scope, rid, path, started) if self._governor else None
         client = self.client_address(scope)
+        principal = await self._authenticate(scope, rid, path, started, client) if self._governor else None
         model: ModelConfig | None = None
         try:
             body = await read_body(receive, int(self._config.ingress.max_body_bytes))
@@ -307,11 +306,13 @@ class IngressApp:
                 outcome = "cancelled"
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            outcome = "killed"
-            await self._cut_short(send, state, errors.from_refusal(Refusal("killed", ticket.killed)))
+            error = errors.from_refusal(Refusal("killed", ticket.killed))
+            outcome, status = "killed", error.status  # the audit's status unless the 200 already went out
+            await self._cut_short(send, state, error)
         except TimeoutError:
-            outcome = "timeout"
-            await self._cut_short(send, state, errors.timeout("The request exceeded its time limit."))
+            error = errors.timeout("The request exceeded its time limit.")
+            outcome, status = "timeout", error.status
+            await self._cut_short(send, state, error)
         except errors.APIError as error:
             outcome, status = "error", error.status
             raise

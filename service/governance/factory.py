@@ -78,9 +78,10 @@ def store_url(settings: Settings) -> str:
 
 def build_governor(config: ServiceConfig, settings: Settings, metrics: GovernanceMetrics) -> Governor:
     policy_path, _ = ensure_local_files(settings)
+    key_secret = _read_secret(settings.key_secret_file)
     holder = PolicyHolder(
         policy_path,
-        secret=_read_secret(settings.key_secret_file),
+        secret=key_secret,
         on_reload=lambda result, error: metrics.policy_reloads.labels(result).inc(),
     )
     store = open_store(store_url(settings), settings.resolved_state_dir())
@@ -93,7 +94,7 @@ def build_governor(config: ServiceConfig, settings: Settings, metrics: Governanc
     options = GovernanceOptions(
         fail_open=settings.fail_open,
         auth_failures_per_minute=settings.auth_failures_per_minute,
-        cache_salt_secret=_read_secret(settings.key_secret_file) or b"paddock-cache-salt",
+        cache_salt_secret=key_secret or b"paddock-cache-salt",
     )
     if settings.fail_open:
         log.warning("governance FAIL-OPEN: if the state store is unreachable, requests pass without limits")

@@ -61,6 +61,7 @@ class Replica:
         self.headers.append({k.lower(): v for k, v in request.headers.items()})
         usage = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
         if not body.get("stream"):
+            await asyncio.sleep(float(body.get("metadata", {}).get("delay", 0)))
             choice = {"index": 0, "message": {"role": "assistant", "content": "Paris"}}
             return web.json_response({"choices": [choice], "usage": usage})
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
@@ -172,6 +173,16 @@ async def test_the_tenant_timeout_ends_a_stream_in_band(governed) -> None:
     status, _, body = await post(base, keys["a"], slow)
     events = [e for e in body.split(b"\n\n") if e]
     assert status == 200 and json.loads(events[-2].removeprefix(b"data: "))["error"]["code"] == "timeout"
+
+
+async def test_the_tenant_timeout_before_any_response_is_504_on_record(governed) -> None:
+    base, keys, _, governor, tmp_path = governed
+    status, _, body = await post(base, keys["a"], {**CHAT, "metadata": {"delay": 3}})
+    assert status == 504 and json.loads(body)["error"]["code"] == "timeout"
+    governor.trail.close()
+    (audit,) = (tmp_path / "audit").glob("*.jsonl")
+    outcome = [json.loads(line) for line in audit.read_text().splitlines() if '"completed"' in line][-1]
+    assert (outcome["outcome"], outcome["status"]) == ("timeout", 504)
 
 
 async def test_store_down_fails_closed(governed) -> None:
