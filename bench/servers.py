@@ -155,6 +155,8 @@ def start_paddock(config_path: Path, log_dir: Path) -> Server:
         "HF_HUB_OFFLINE": "1",
         "PADDOCK_PORT": str(port),
         "PADDOCK_ADMIN_PORT": str(admin_port),
+        "PADDOCK_METRICS_PORT": str(free_port()),
+        "PADDOCK_RAY_METRICS_PORT": str(free_port()),
         "PADDOCK_RAY_TEMP_DIR": str(ray_dir),
         "PADDOCK_STATE_DIR": str(ray_dir / "state"),
         "PADDOCK_GOVERNANCE_FILE": str(governance),

@@ -33,7 +33,8 @@ def _config(settings: Settings) -> ServiceConfig:
         update={k: v for k, v in {"host": settings.host, "port": settings.port}.items() if v is not None}
     )
     admin = config.admin.model_copy(update={"port": settings.admin_port} if settings.admin_port else {})
-    return config.model_copy(update={"ingress": ingress, "admin": admin})
+    metrics = config.metrics.model_copy(update={"port": settings.metrics_port} if settings.metrics_port else {})
+    return config.model_copy(update={"ingress": ingress, "admin": admin, "metrics": metrics})
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -227,6 +227,9 @@ class IngressConfig(StrictModel):
     max_body_bytes: ByteSize = Field(default=ByteSize(8 * 1024 * 1024), gt=0)
     request_timeout_s: float = Field(default=600.0, gt=0)
     drain_timeout_s: float = Field(default=30.0, ge=0)
+    max_replicas_per_node: int | None = Field(
+        default=None, ge=1, description="At most this many ingress replicas per Ray node (1 on a cluster)."
+    )
 
 
 class AdminConfig(StrictModel):
@@ -236,11 +239,24 @@ class AdminConfig(StrictModel):
     port: int = Field(default=8001, ge=1, le=65535)
 
 
+class MetricsConfig(StrictModel):
+    """Paddock's own Prometheus metrics: off the public API port (tenant ids are not for clients).
+
+    Ingress replica ``k`` on a node (Ray Serve's local rank) listens on ``port + k``.
+    vLLM's engine metrics and Ray's own are on each node's Ray metrics agent.
+    """
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8002, ge=1, le=65535)
+
+
 class ServiceConfig(StrictModel):
     """The whole service: one ingress, many models."""
 
     ingress: IngressConfig = Field(default_factory=IngressConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     models: tuple[ModelConfig, ...] = Field(min_length=1)
 
     @model_validator(mode="after")

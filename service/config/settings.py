@@ -29,12 +29,22 @@ class Settings(BaseSettings):
     host: str | None = Field(default=None, description="Overrides ingress.host of the config.")
     port: int | None = Field(default=None, ge=1, le=65535, description="Overrides ingress.port.")
     admin_port: int | None = Field(default=None, ge=1, le=65535, description="Overrides admin.port.")
+    metrics_port: int | None = Field(default=None, ge=1, le=65535, description="Overrides metrics.port.")
     cache_dir: Path = Field(default_factory=default_cache_dir)
     ray_address: str | None = Field(default=None, description="Existing Ray cluster; none = local Ray.")
     ray_num_cpus: int | None = Field(
         default=None, ge=1, description="Logical CPUs for local Ray (default: enough for the config)."
     )
     ray_dashboard: bool = Field(default=False, description="Start the Ray dashboard (on 127.0.0.1).")
+    ray_metrics_port: int = Field(
+        default=8080,
+        ge=0,
+        le=65535,
+        description="Local Ray's metrics agent port (Ray, Serve and vLLM metrics); 0 = any.",
+    )
+    ray_node_ip: str | None = Field(
+        default=None, description="Local Ray's node address; none = 127.0.0.1 (nothing of Ray beyond this host)."
+    )
     ray_temp_dir: Path | None = Field(default=None, description="Local Ray's session directory root.")
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     replica_host: str | None = Field(

@@ -88,6 +88,7 @@ def build_app(config: ServiceConfig, settings: Settings | None = None) -> Applic
         max_ongoing_requests=10_000,
         health_check_period_s=5,
         graceful_shutdown_timeout_s=ingress.drain_timeout_s + 5,
+        **({"max_replicas_per_node": ingress.max_replicas_per_node} if ingress.max_replicas_per_node else {}),
     ).bind(config.model_dump(mode="json"), token, registry, models)
 
 

@@ -51,7 +51,8 @@ def start_ray(config: ServiceConfig, settings: Settings) -> None:
     ray.init(
         address=settings.ray_address,
         # Local Ray stays on loopback: no Ray port (GCS, dashboard, job API) beyond this machine.
-        _node_ip_address="127.0.0.1" if local else None,
+        _node_ip_address=(settings.ray_node_ip or "127.0.0.1") if local else None,
+        _metrics_export_port=settings.ray_metrics_port or None if local else None,
         num_cpus=settings.ray_num_cpus or logical_cpus(config) if local else None,
         include_dashboard=settings.ray_dashboard,
         dashboard_host="127.0.0.1",

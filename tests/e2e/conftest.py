@@ -184,7 +184,7 @@ def write_governance(path: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
-    port, admin_port = free_port(), free_port()
+    port, admin_port, metrics_port, ray_metrics_port = free_port(), free_port(), free_port(), free_port()
     ray_dir = Path(tempfile.mkdtemp(prefix="pd-ray-", dir="/tmp"))
     state_dir = Path(tempfile.mkdtemp(prefix="pd-state-", dir="/tmp"))
     governance_file = state_dir / "governance.yaml"
@@ -193,6 +193,8 @@ def stack() -> Iterator[Stack]:
         **os.environ,
         "PADDOCK_PORT": str(port),
         "PADDOCK_ADMIN_PORT": str(admin_port),
+        "PADDOCK_METRICS_PORT": str(metrics_port),
+        "PADDOCK_RAY_METRICS_PORT": str(ray_metrics_port),
         "PADDOCK_ADMIN_TOKEN": ADMIN_TOKEN,
         "PADDOCK_STATE_DIR": str(state_dir),
         "PADDOCK_GOVERNANCE_FILE": str(governance_file),
