@@ -11,6 +11,8 @@ set -euo pipefail
 
 DEBIAN_TOOLS=(
     "redis-server:redis-server"
+    "promtool:prometheus"
+    "prometheus:prometheus"
 )
 
 missing=()
