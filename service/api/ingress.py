@@ -29,6 +29,7 @@ from service.api.asgi import (
     json_object,
     read_body,
     request_id,
+    send_bytes,
     send_json,
 )
 from service.api.upstream import (
@@ -52,6 +53,7 @@ from service.governance.store.base import Usage
 log = logging.getLogger(__name__)
 
 # Governed API routes and the model task each one needs.
+RAY_PROXY_HEALTH = "/-/healthz"
 API_ROUTES = {
     "/v1/chat/completions": "generate",
     "/v1/completions": "generate",
@@ -134,7 +136,7 @@ class IngressApp:
             if method != "POST":
                 raise errors.method_not_allowed(method, path)
             await self._proxy(scope, receive, send, rid, headers)
-        elif path in ("/health", "/ready", "/v1/models") or path.startswith("/v1/models/"):
+        elif path in ("/health", "/ready", RAY_PROXY_HEALTH, "/v1/models") or path.startswith("/v1/models/"):
             if method not in ("GET", "HEAD"):
                 raise errors.method_not_allowed(method, path)
             principal = None
@@ -148,10 +150,13 @@ class IngressApp:
         allowed = self._governor.allowed(principal) if self._governor and principal else None
         if path == "/health":
             await send_json(send, 200, {"status": "ok"}, headers)
-        elif path == "/ready":
+        elif path in ("/ready", RAY_PROXY_HEALTH):
             if self.draining or not self._directory.ready:
                 raise errors.unavailable("Paddock is not ready to accept traffic.")
-            await send_json(send, 200, {"status": "ready"}, headers)
+            if path == RAY_PROXY_HEALTH:  # answered like Ray Serve's proxy, for KubeRay's Serve-aware probes
+                await send_bytes(send, 200, b"success", b"text/plain; charset=utf-8", headers)
+            else:
+                await send_json(send, 200, {"status": "ready"}, headers)
         elif path == "/v1/models":
             data = [self._model_card(m) for m in self._config.models if allowed is None or m.id in allowed]
             await send_json(send, 200, {"object": "list", "data": data}, headers)

@@ -217,9 +217,12 @@ async def test_health_ready_and_models(stack) -> None:
     base, _, directory = stack
     assert (await call(base, "/health"))[0] == 200
     assert (await call(base, "/ready"))[0] == 200
+    status, headers, body = await call(base, "/-/healthz")  # as Ray Serve's proxy answers KubeRay
+    assert (status, body, headers["content-type"]) == (200, b"success", "text/plain; charset=utf-8")
     directory.ready = False
     status, headers, body = await call(base, "/ready")
     assert status == 503 and error_of(status, headers, body)["code"] == "service_unavailable"
+    assert (await call(base, "/-/healthz"))[0] == 503
     status, _, body = await call(base, "/v1/models")
     states = {m["id"]: m["status"]["state"] for m in json.loads(body)["data"]}
     assert states == {"chat": "ready", "emb": "ready", "cold": "scaled_to_zero"}
