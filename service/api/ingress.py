@@ -49,6 +49,8 @@ from service.governance.governor import Governor, Ticket
 from service.governance.keys import Principal
 from service.governance.refusal import Refusal
 from service.governance.store.base import Usage
+from service.observability.metrics import ServiceMetrics
+from service.observability.requests import Observation, RequestMetrics
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,7 @@ class IngressApp:
         upstream: Upstream,
         governor: Governor | None = None,
         trusted_proxies: Sequence[str] = (),
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         self._config = config
         self._names = config.model_by_name()
@@ -101,6 +104,7 @@ class IngressApp:
         self._governor = governor
         self._trusted = [ipaddress.ip_network(net, strict=False) for net in trusted_proxies]
         self._created = int(time.time())
+        self._observe = RequestMetrics(metrics or ServiceMetrics(), governed=governor is not None)
         self._inflight = 0
         self.draining = False
 
@@ -116,7 +120,19 @@ class IngressApp:
             return
         rid = request_id(scope)
         response_headers = [(REQUEST_ID_HEADER, rid)]
-        await answer_errors(self._dispatch(scope, receive, send, rid, response_headers), send, response_headers)
+        if scope["path"] in API_ROUTES:
+            await self._api(scope, receive, send, rid, response_headers)
+        else:
+            await answer_errors(self._dispatch(scope, receive, send, rid, response_headers), send, response_headers)
+
+    async def _api(self, scope: Scope, receive: Receive, send: Send, rid: str, headers: list[tuple[str, str]]) -> None:
+        """An API call, observed from receipt to its last byte (metrics; the trace when on)."""
+        obs = self._observe.start(scope["path"])
+        send = self._observe.watch(obs, send)
+        try:
+            await answer_errors(self._proxy(scope, receive, send, rid, headers, obs), send, headers)
+        finally:
+            self._observe.finish(obs)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -132,11 +148,7 @@ class IngressApp:
         self, scope: Scope, receive: Receive, send: Send, rid: str, headers: list[tuple[str, str]]
     ) -> None:
         path, method = scope["path"], scope["method"]
-        if path in API_ROUTES:
-            if method != "POST":
-                raise errors.method_not_allowed(method, path)
-            await self._proxy(scope, receive, send, rid, headers)
-        elif path in ("/health", "/ready", RAY_PROXY_HEALTH, "/v1/models") or path.startswith("/v1/models/"):
+        if path in ("/health", "/ready", RAY_PROXY_HEALTH, "/v1/models") or path.startswith("/v1/models/"):
             if method not in ("GET", "HEAD"):
                 raise errors.method_not_allowed(method, path)
             principal = None
@@ -245,17 +257,22 @@ class IngressApp:
         return error
 
     async def _proxy(
-        self, scope: Scope, receive: Receive, send: Send, rid: str, headers: list[tuple[str, str]]
+        self, scope: Scope, receive: Receive, send: Send, rid: str, headers: list[tuple[str, str]], obs: Observation
     ) -> None:
+        if scope["method"] != "POST":
+            raise errors.method_not_allowed(scope["method"], scope["path"])
         if self.draining:
             raise errors.unavailable("Paddock is shutting down; retry on another instance.")
         path, started = scope["path"], time.monotonic()
         client = self.client_address(scope)
         principal = await self._authenticate(scope, rid, path, started, client) if self._governor else None
+        if principal is not None:
+            obs.tenant = principal.tenant.id
         model: ModelConfig | None = None
         try:
             body = await read_body(receive, int(self._config.ingress.max_body_bytes))
             request, model = self._parse(body, path, principal)
+            obs.model = model.id
             ticket = await self._admit(principal, model, path, request, rid, client)
         except (Refusal, errors.APIError) as refusal:
             name = model.id if model else None
@@ -265,14 +282,19 @@ class IngressApp:
             value = header(scope, name)
             if value is not None:
                 forwarded[name.decode()] = value
+        if ticket is not None:
+            obs.decision = "admitted"
+        inflight = self._observe.inflight(obs)
+        inflight.inc()
         self._inflight += 1
         try:
             if ticket is None:
                 await self._forward(model, path, body, forwarded, receive, send, headers)
             else:
-                await self._governed(ticket, forwarded, receive, send, headers)
+                await self._governed(ticket, forwarded, receive, send, headers, obs)
         finally:
             self._inflight -= 1
+            inflight.dec()
 
     async def _admit(
         self, principal: Principal | None, model: ModelConfig, path: str, request: dict[str, Any], rid: str, client: str
@@ -284,7 +306,13 @@ class IngressApp:
         return ticket
 
     async def _governed(
-        self, ticket: Ticket, forwarded: dict[str, str], receive: Receive, send: Send, headers: list[tuple[str, str]]
+        self,
+        ticket: Ticket,
+        forwarded: dict[str, str],
+        receive: Receive,
+        send: Send,
+        headers: list[tuple[str, str]],
+        obs: Observation,
     ) -> None:
         assert self._governor is not None
         shaped = ticket.shaped
@@ -325,14 +353,16 @@ class IngressApp:
             outcome = "client_disconnected"
             raise
         finally:
-            await self._finish(ticket, state, status, outcome)
+            usage = await self._finish(ticket, state, status, outcome)
+            if usage is not None:
+                obs.usage = (usage.prompt_tokens, usage.completion_tokens)
 
     async def _cut_short(self, send: Send, state: RelayState, error: errors.APIError) -> None:
         if not state.started:
             raise error
         await end_early(send, state, error)
 
-    async def _finish(self, ticket: Ticket, state: RelayState, status: int, outcome: str) -> None:
+    async def _finish(self, ticket: Ticket, state: RelayState, status: int, outcome: str) -> Usage | None:
         assert self._governor is not None
         tap = state.tap
         usage = tap.usage if tap else None
@@ -342,6 +372,7 @@ class IngressApp:
         await self._governor.settle(ticket, usage)
         completion = tap.completion() if tap and ticket.principal.tenant.audit.include_text else None
         self._governor.trail.completed(ticket, status=status, usage=usage, outcome=outcome, completion=completion)
+        return usage
 
     async def _endpoints(self, model: ModelConfig) -> Sequence[Endpoint]:
         endpoints = self._directory.endpoints(model.id)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pydantic
+from ray import is_initialized as ray_is_initialized
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
@@ -41,6 +42,7 @@ from vllm.renderers.online_renderer import OnlineRenderer
 from vllm.usage.usage_lib import UsageContext
 from vllm.utils.gc_utils import freeze_gc_heap
 from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
 from service.api import errors
 from service.config.schema import ModelConfig
@@ -224,7 +226,12 @@ class VLLMEngine:
 
     async def start(self) -> None:
         args = engine_args(self._model, self._path)
-        self._engine = AsyncLLM.from_engine_args(args, usage_context=UsageContext.OPENAI_API_SERVER)
+        # Engine metrics go through Ray's metrics agent (as Ray Serve LLM does): `vllm:x` is exported
+        # as `ray_vllm_x` by each node's agent, with the replica's id as a label.
+        loggers = [RayPrometheusStatLogger] if ray_is_initialized() else None
+        self._engine = AsyncLLM.from_engine_args(
+            args, usage_context=UsageContext.OPENAI_API_SERVER, stat_loggers=loggers
+        )
         client = _ContextGuard(self._engine)
         base_paths = [BaseModelPath(name=name, model_path=str(self._path)) for name in self._model.names]
         models = OpenAIServingModels(client, base_paths)

@@ -14,12 +14,10 @@ import logging
 import time
 from typing import Any, Protocol
 
-from prometheus_client import Counter
-
 from service.governance.audit import UtcClock, redact
 from service.governance.keys import Principal
 from service.governance.store.base import Usage
-from service.observability.metrics import GovernanceMetrics
+from service.observability.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +36,11 @@ def prompt_text(body: dict[str, Any]) -> str:
 class AuditTrail:
     """Builds the records and writes them through one hash-chained writer."""
 
-    def __init__(self, writer: Writer | None, metrics: GovernanceMetrics) -> None:
+    def __init__(self, writer: Writer | None, metrics: ServiceMetrics) -> None:
         self._writer = writer
         self.metrics = metrics
         self._now = UtcClock()
         self._allowed = metrics.decisions.labels("allow", "admitted")  # every admitted request: bound once
-        self._inflight = metrics.inflight
-        self._finished: dict[tuple[str, str, int], tuple[Counter, Counter, Counter]] = {}
 
     def _write(self, record: dict[str, Any]) -> None:
         if self._writer is None:
@@ -74,8 +70,6 @@ class AuditTrail:
             self.metrics.rate_limited.labels(tenant or "unknown", detail or reason).inc()
         if reason == "killed":
             self.metrics.killed.labels((detail or "all").split(":")[0]).inc()
-        if principal is not None and model is not None:
-            self.metrics.requests.labels(model, tenant, str(status)).inc()
         self._write(
             {
                 "time": self._now(),
@@ -97,7 +91,6 @@ class AuditTrail:
 
     def admitted(self, ticket: Any) -> None:
         self._allowed.inc()
-        self._inflight.inc()
         principal, shaped = ticket.principal, ticket.shaped
         tenant = principal.tenant
         record = {
@@ -119,30 +112,12 @@ class AuditTrail:
             record["prompt"] = prompt_text(shaped.body)
         self._write(record)
 
-    def _finished_counters(self, model: str, tenant: str, status: int) -> tuple[Counter, Counter, Counter]:
-        """The requests, prompt-token and completion-token counters of one (model, tenant, status)."""
-        counters = self._finished.get((model, tenant, status))
-        if counters is None:
-            m = self.metrics
-            counters = self._finished[model, tenant, status] = (
-                m.requests.labels(model, tenant, str(status)),
-                m.tokens.labels(model, tenant, "prompt"),
-                m.tokens.labels(model, tenant, "completion"),
-            )
-        return counters
-
     def completed(
         self, ticket: Any, *, status: int, usage: Usage | None, outcome: str, completion: str | None = None
     ) -> None:
-        self._inflight.dec()
         tenant, model = ticket.principal.tenant.id, ticket.model.id
-        requests, prompt, completion_tokens = self._finished_counters(model, tenant, status)
-        requests.inc()
-        if usage is not None:
-            prompt.inc(usage.prompt_tokens)
-            completion_tokens.inc(usage.completion_tokens)
         if outcome == "killed":
-            self.metrics.killed.labels("stream").inc()
+            self.metrics.killed.labels((ticket.killed_by or "all").split(":")[0]).inc()
         record = {
             "time": self._now(),
             "event": "request",

@@ -20,13 +20,15 @@ from ray import serve
 
 from service.api.admin import AdminApp
 from service.api.ingress import IngressApp
+from service.api.metrics_app import MetricsApp
 from service.api.replica import ReplicaApp
 from service.api.upstream import Upstream
 from service.config.schema import ModelConfig, ServiceConfig
 from service.config.settings import Settings
 from service.governance.factory import admin_token, build_governor
+from service.governance.figures import refresh_tenant_gauges
 from service.models.sources import resolve
-from service.observability.metrics import GovernanceMetrics
+from service.observability.metrics import ServiceMetrics
 from service.serve import http
 from service.serve.autoscaling import INFLIGHT_METRIC
 from service.serve.registry import HEARTBEAT_INTERVAL_S, Announcement, RegistryDirectory, RegistryState
@@ -174,23 +176,38 @@ class Ingress:
         self._directory.start()
         settings = Settings()
         self._governor = None
-        self._admin: tuple[Any, asyncio.Task[None]] | None = None
+        self._servers: list[tuple[Any, asyncio.Task[None]]] = []
+        metrics = ServiceMetrics()
         if settings.governance == "on":
-            self._governor = build_governor(self._config, settings, GovernanceMetrics())
+            self._governor = build_governor(self._config, settings, metrics)
             await self._governor.start()
         else:
             log.warning("GOVERNANCE IS OFF: no API keys, limits, kill switch or audit. Local development only.")
-        self._app = IngressApp(self._config, self._directory, Upstream(token), self._governor, settings.trusted_proxies)
+        self._app = IngressApp(
+            self._config, self._directory, Upstream(token), self._governor, settings.trusted_proxies, metrics
+        )
+        await self._start_metrics(metrics)
         ingress = self._config.ingress
         sock = http.bind(ingress.host, ingress.port, reuse_port=True)
         self._server, self._task = await http.start(self._app, sock, lifespan="on")
         if self._governor is not None:
             admin = self._config.admin
             admin_app = AdminApp(self._governor, self._governor.store, admin_token(settings))
-            self._admin = await http.start(admin_app, http.bind(admin.host, admin.port, reuse_port=True))
+            self._servers.append(await http.start(admin_app, http.bind(admin.host, admin.port, reuse_port=True)))
             log.info("Paddock admin API listening on http://%s:%d", admin.host, admin.port)
         _freeze_heap()
         log.info("Paddock ingress listening on http://%s:%d", ingress.host, ingress.port)
+
+    async def _start_metrics(self, metrics: ServiceMetrics) -> None:
+        """Paddock's metrics on ``metrics.port`` + this replica's rank on its node (one port per process)."""
+        config = self._config.metrics
+        if not config.enabled:
+            return
+        governor = self._governor
+        refresh = (lambda: refresh_tenant_gauges(governor, metrics.tenants)) if governor else None
+        port = config.port + serve.get_replica_context().rank.local_rank
+        self._servers.append(await http.start(MetricsApp(metrics, refresh), http.bind(config.host, port)))
+        log.info("Paddock metrics on http://%s:%d/metrics", config.host, port)
 
     async def check_health(self) -> None:
         if self._task.done():
@@ -200,8 +217,8 @@ class Ingress:
         self._app.draining = True
         await _drain(lambda: self._app.inflight, self._config.ingress.drain_timeout_s)
         await http.stop(self._server, self._task)
-        if self._admin is not None:
-            await http.stop(*self._admin)
+        for server in self._servers:
+            await http.stop(*server)
         if self._governor is not None:
             await self._governor.stop()
         await self._directory.stop()
