@@ -17,15 +17,21 @@ from typing import Any, Protocol
 from service.governance.audit import UtcClock, redact
 from service.governance.keys import Principal
 from service.governance.store.base import Usage
+from service.observability.logs import CURRENT
 from service.observability.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
 
 class Writer(Protocol):
-    def write(self, record: dict[str, Any]) -> dict[str, Any]: ...
+    def write(self, record: dict[str, Any], *, echo: bool = True) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
+
+
+def _trace_id() -> str | None:
+    obs = CURRENT.get()
+    return obs.trace_id if obs is not None else None
 
 
 def prompt_text(body: dict[str, Any]) -> str:
@@ -42,11 +48,11 @@ class AuditTrail:
         self._now = UtcClock()
         self._allowed = metrics.decisions.labels("allow", "admitted")  # every admitted request: bound once
 
-    def _write(self, record: dict[str, Any]) -> None:
+    def _write(self, record: dict[str, Any], echo: bool = True) -> None:
         if self._writer is None:
             return
         try:
-            self._writer.write(record)
+            self._writer.write(record, echo=echo)
         except Exception:  # noqa: BLE001 - counted and logged; alerting watches the counter
             self.metrics.audit_write_failures.inc()
             log.exception("audit record not written: %s", record.get("request_id"))
@@ -73,9 +79,11 @@ class AuditTrail:
         self._write(
             {
                 "time": self._now(),
+                "level": "info",
                 "event": "request",
                 "phase": "refused",
                 "request_id": request_id,
+                "trace_id": _trace_id(),
                 "route": route,
                 "client": client,
                 "tenant": tenant,
@@ -95,9 +103,11 @@ class AuditTrail:
         tenant = principal.tenant
         record = {
             "time": self._now(),
+            "level": "info",
             "event": "request",
             "phase": "admitted",
             "request_id": ticket.request_id,
+            "trace_id": _trace_id(),
             "route": ticket.route,
             "client": ticket.client,
             "tenant": tenant.id,
@@ -110,7 +120,7 @@ class AuditTrail:
         }
         if tenant.audit.include_text:
             record["prompt"] = prompt_text(shaped.body)
-        self._write(record)
+        self._write(record, echo=False)  # the log line of the request is its completed record
 
     def completed(
         self, ticket: Any, *, status: int, usage: Usage | None, outcome: str, completion: str | None = None
@@ -120,12 +130,19 @@ class AuditTrail:
             self.metrics.killed.labels((ticket.killed_by or "all").split(":")[0]).inc()
         record = {
             "time": self._now(),
+            "level": "info",
             "event": "request",
             "phase": "completed",
             "request_id": ticket.request_id,
+            "trace_id": _trace_id(),
+            "route": ticket.route,
+            "client": ticket.client,
             "tenant": tenant,
             "key_id": ticket.principal.key.id,
             "model": model,
+            "decision": "allow",
+            "reason": "admitted",
+            "stream": ticket.shaped.stream,
             "status": status,
             "outcome": outcome,
             "prompt_tokens": usage.prompt_tokens if usage else None,
@@ -141,6 +158,7 @@ class AuditTrail:
         self._write(
             {
                 "time": self._now(),
+                "level": "warning",
                 "event": "admin",
                 "actor": actor,
                 "action": action,

@@ -31,9 +31,26 @@ CLIENT_CLOSED = 499  # nginx's code for a client that left before the response s
 class Observation:
     """What one request did; filled in by the ingress as it goes."""
 
-    __slots__ = ("route", "started", "model", "tenant", "decision", "status", "sse", "first", "last", "usage", "span")
+    __slots__ = (
+        "route",
+        "started",
+        "model",
+        "tenant",
+        "decision",
+        "status",
+        "sse",
+        "first",
+        "last",
+        "usage",
+        "span",
+        "finish_reasons",
+        "request_id",
+        "trace_id",
+    )
 
-    def __init__(self, route: str, decision: str) -> None:
+    def __init__(self, route: str, decision: str, request_id: str = "", trace_id: str | None = None) -> None:
+        self.request_id = request_id
+        self.trace_id = trace_id  # of the request's trace: ours when tracing, else the caller's traceparent
         self.route = route
         self.started = time.monotonic()
         self.model = UNKNOWN_MODEL
@@ -45,6 +62,7 @@ class Observation:
         self.last = 0.0
         self.usage: tuple[int, int] | None = None  # prompt, completion tokens
         self.span: Any = None  # the ingress span, when tracing is on
+        self.finish_reasons: list[str] = []
 
 
 class RequestMetrics:
@@ -57,8 +75,8 @@ class RequestMetrics:
         self._streams: dict[str, tuple[Any, Any]] = {}
         self._tokens: dict[tuple[str, str], tuple[Any, Any]] = {}
 
-    def start(self, path: str) -> Observation:
-        return Observation(ROUTES[path], self._decision)
+    def start(self, path: str, request_id: str = "", trace_id: str | None = None) -> Observation:
+        return Observation(ROUTES[path], self._decision, request_id, trace_id)
 
     def watch(self, obs: Observation, send: Send) -> Send:
         """``send``, noting the status and when each streamed body chunk leaves."""
@@ -125,3 +143,10 @@ class RequestMetrics:
     def inflight(self, obs: Observation) -> Any:
         """The in-flight gauge child of this request's model and tenant."""
         return self.metrics.inflight.labels(obs.model, obs.tenant)
+
+
+def observe_tap(obs: Observation, tap: Any) -> None:
+    """Usage and finish reasons a ``UsageTap`` read off a relayed response."""
+    if tap.usage is not None:
+        obs.usage = (tap.usage.prompt_tokens, tap.usage.completion_tokens)
+    obs.finish_reasons = tap.finish_reasons
