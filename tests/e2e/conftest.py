@@ -26,7 +26,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from bench.servers import free_port
+from bench.servers import free_port, kill_strays
 from tests.otlp_receiver import OtlpReceiver
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,25 +153,9 @@ def _stop(stack: Stack) -> None:
         except ProcessLookupError:
             break
         time.sleep(2)
-    _kill_strays(stack.ray_dir)
+    kill_strays(stack.ray_dir)
     shutil.rmtree(stack.ray_dir, ignore_errors=True)
     shutil.rmtree(stack.state_dir, ignore_errors=True)
-
-
-def _kill_strays(ray_dir: Path) -> None:
-    """Ray daemons that left the process group still name their session directory."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(ray_dir) in cmdline:
-            try:
-                os.kill(int(proc.name), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def write_governance(path: Path) -> dict[str, str]:

@@ -6,18 +6,15 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
-import subprocess
 import tempfile
 import time
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bench.servers import free_port
+from bench.prometheus import Prometheus, start_prometheus
 
 CHAT = "smollm2-135m-instruct"
 SERVER, INTERNAL = 2, 1  # OTLP span kinds
@@ -88,58 +85,17 @@ def test_a_refused_request_is_traced_with_its_status(stack) -> None:
 
 
 @pytest.fixture(scope="module")
-def prometheus(stack) -> Iterator[str]:
+def prometheus(stack) -> Iterator[Prometheus]:
     """A real Prometheus server scraping the stack's metrics port and Ray's metrics agent every second."""
-    binary = shutil.which("prometheus")
-    assert binary, "prometheus is missing: scripts/install-tools.sh installs it"
-    workdir = Path(tempfile.mkdtemp(prefix="pd-prom-"))
     targets = {
         "paddock": urllib.parse.urlsplit(stack.metrics_url).netloc,
         "ray": urllib.parse.urlsplit(stack.ray_metrics_url).netloc,
     }
-    config = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
-        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [t]}]} for job, t in targets.items()],
-    }
-    (workdir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={workdir / 'prometheus.yml'}",
-            f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(workdir / "prometheus.log").open("w"),
-    )
-    url = f"http://127.0.0.1:{port}"
+    server = start_prometheus(targets, Path(tempfile.mkdtemp(prefix="pd-prom-")))
     try:
-        _until(lambda: _targets_up(url, process), 60, "Prometheus scraping both targets")
-        yield url
+        yield server
     finally:
-        process.terminate()
-        process.wait(30)
-        if os.environ.get("PADDOCK_KEEP_PROMETHEUS") is None:
-            shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _targets_up(url: str, process: subprocess.Popen[bytes]) -> bool:
-    assert process.poll() is None, "prometheus exited"
-    try:
-        up = _values(url, "up")
-    except OSError:  # not listening yet
-        return False
-    return len(up) == 2 and all(v == 1 for v in up)
-
-
-def _query(url: str, promql: str) -> list[dict[str, object]]:
-    with urllib.request.urlopen(f"{url}/api/v1/query?" + urllib.parse.urlencode({"query": promql}), timeout=10) as r:
-        return json.load(r)["data"]["result"]
-
-
-def _values(url: str, promql: str) -> list[float]:
-    return [float(s["value"][1]) for s in _query(url, promql)]  # type: ignore[index]
+        server.stop(keep=os.environ.get("PADDOCK_KEEP_PROMETHEUS") is not None)
 
 
 def _until(check, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -173,35 +129,32 @@ def _traffic(stack) -> None:
         stack.admin("POST", "/admin/v1/enable", {"scope": "key", "id": "key-metered-kill"})
 
 
-def test_real_prometheus_scrapes_requests_tokens_engine_and_serve_metrics(stack, prometheus: str) -> None:
+def test_real_prometheus_scrapes_requests_tokens_engine_and_serve_metrics(stack, prometheus: Prometheus) -> None:
     _traffic(stack)
     ok = f'paddock_requests_total{{tenant="acme",model="{CHAT}",route="chat",status="200",decision="admitted"}}'
-    _until(lambda: sum(_values(prometheus, ok)) >= 2, 30, "request counters")
-    assert sum(_values(prometheus, f'paddock_tokens_total{{tenant="acme",model="{CHAT}",kind="completion"}}')) > 0
-    assert _values(prometheus, 'paddock_requests_total{status="401",tenant="none",decision="refused"}')
+    _until(lambda: sum(prometheus.values(ok)) >= 2, 30, "request counters")
+    assert sum(prometheus.values(f'paddock_tokens_total{{tenant="acme",model="{CHAT}",kind="completion"}}')) > 0
+    assert prometheus.values('paddock_requests_total{status="401",tenant="none",decision="refused"}')
     limited = 'paddock_rate_limited_requests_total{tenant="metered",limit="requests_per_minute"}'
-    _until(lambda: sum(_values(prometheus, limited)) >= 1, 30, "the rate-limited counter")
-    _until(lambda: sum(_values(prometheus, 'paddock_killed_requests_total{scope="key"}')) >= 1, 30, "kills")
-    assert _values(prometheus, 'paddock_tenant_limit{tenant="metered",limit="tokens_per_day"}') == [100000.0]
-    _until(
-        lambda: _values(prometheus, 'paddock_tenant_budget_used_tokens{tenant="metered",period="day"}'), 30, "budgets"
-    )
-    assert sum(_values(prometheus, f'paddock_time_to_first_token_seconds_count{{model="{CHAT}"}}')) >= 2
+    _until(lambda: sum(prometheus.values(limited)) >= 1, 30, "the rate-limited counter")
+    _until(lambda: sum(prometheus.values('paddock_killed_requests_total{scope="key"}')) >= 1, 30, "kills")
+    assert prometheus.values('paddock_tenant_limit{tenant="metered",limit="tokens_per_day"}') == [100000.0]
+    _until(lambda: prometheus.values('paddock_tenant_budget_used_tokens{tenant="metered",period="day"}'), 30, "budgets")
+    assert sum(prometheus.values(f'paddock_time_to_first_token_seconds_count{{model="{CHAT}"}}')) >= 2
     # vLLM's engine metrics come through Ray's metrics agent, renamed vllm:* -> ray_vllm_*
     engine = f'ray_vllm_time_to_first_token_seconds_count{{model_name="{CHAT}"}}'
-    _until(lambda: sum(_values(prometheus, engine)) >= 2, 60, "vLLM's TTFT histogram through Ray")
-    _until(lambda: sum(_values(prometheus, "ray_vllm_prefix_cache_hits_total")) > 0, 60, "prefix-cache hits")
-    assert _values(prometheus, f'ray_vllm_kv_cache_usage_perc{{model_name="{CHAT}"}}')
+    _until(lambda: sum(prometheus.values(engine)) >= 2, 60, "vLLM's TTFT histogram through Ray")
+    _until(lambda: sum(prometheus.values("ray_vllm_prefix_cache_hits_total")) > 0, 60, "prefix-cache hits")
+    assert prometheus.values(f'ray_vllm_kv_cache_usage_perc{{model_name="{CHAT}"}}')
     healthy = 'ray_serve_deployment_replica_healthy{deployment="model-smollm2-135m-instruct"}'
-    assert sum(_values(prometheus, healthy)) >= 1
+    assert sum(prometheus.values(healthy)) >= 1
 
 
-def test_every_metric_the_dashboards_and_alerts_use_exists(stack, prometheus: str) -> None:
+def test_every_metric_the_dashboards_and_alerts_use_exists(stack, prometheus: Prometheus) -> None:
     from tests.observability.promql import referenced_metrics
 
     _traffic(stack)
     time.sleep(3)  # two scrapes after the traffic
-    with urllib.request.urlopen(f"{prometheus}/api/v1/label/__name__/values", timeout=10) as r:
-        exported = set(json.load(r)["data"])
+    exported = prometheus.metric_names()
     missing = sorted(referenced_metrics() - exported)
     assert not missing, f"dashboards or rules use metrics nobody exports: {missing}"
