@@ -33,7 +33,7 @@ LIMIT_NAMES = (
 )
 
 
-def _version() -> str:
+def paddock_version() -> str:
     try:
         return metadata.version("paddock-serve")
     except metadata.PackageNotFoundError:
@@ -123,7 +123,7 @@ class ServiceMetrics:
         self.tenants = TenantGauges()
         r.register(self.tenants)
         info = Gauge("paddock_build_info", "Paddock's version (always 1).", ["version"], registry=r)
-        info.labels(_version()).set(1)
+        info.labels(paddock_version()).set(1)
 
     def _governance(self, r: CollectorRegistry) -> None:
         self.decisions = Counter(

@@ -17,7 +17,6 @@ and request id; never prompt or completion text.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from importlib import metadata
 from typing import Any
 
 from opentelemetry.context import Context
@@ -26,6 +25,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from service.observability.metrics import paddock_version
 
 # gen_ai.operation.name per route (the Responses API is a chat in GenAI terms)
 OPERATION_NAMES = {"chat": "chat", "completions": "text_completion", "responses": "chat", "embeddings": "embeddings"}
@@ -74,13 +75,6 @@ def otlp_exporter(env: Mapping[str, str]) -> SpanExporter:
     raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: Paddock supports grpc and http/protobuf")
 
 
-def _version() -> str:
-    try:
-        return metadata.version("paddock-serve")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 class Tracing:
     """A tracer of one Paddock process (its own provider: nothing global)."""
 
@@ -89,7 +83,7 @@ class Tracing:
         resource = Resource.create({"service.name": service_name, "paddock.component": component})
         self.provider = TracerProvider(resource=resource)
         self.provider.add_span_processor(BatchSpanProcessor(exporter))
-        self.tracer = self.provider.get_tracer("paddock", _version())
+        self.tracer = self.provider.get_tracer("paddock", paddock_version())
 
     @staticmethod
     def extract(headers: Mapping[str, str]) -> Context | None:

@@ -27,28 +27,13 @@ from service.governance.reload import PolicyHolder
 from service.governance.store import open_store
 from service.governance.store.local import LocalStore
 from service.observability.metrics import ServiceMetrics
+from tests.api.standins import OneReplicaDirectory
 
 TOKEN = "internal"
 CONFIG = parse_config(
     {"models": [{"id": "chat", "source": {"path": "/m"}, "kv_cache_memory": "1GiB", "max_model_len": 1000}]},
     "test",
 )
-
-
-class Directory:
-    ready = True
-
-    def __init__(self, endpoint: Endpoint) -> None:
-        self.endpoint = endpoint
-
-    def endpoints(self, model_id: str) -> list[Endpoint]:
-        return [self.endpoint]
-
-    async def wake(self, model_id: str, timeout_s: float) -> list[Endpoint]:
-        return [self.endpoint]
-
-    def report_unreachable(self, model_id: str, endpoint: Endpoint) -> None:
-        pass
 
 
 class Replica:
@@ -111,7 +96,11 @@ async def governed(tmp_path: Path):
     )
     await governor.start()
     app = IngressApp(
-        CONFIG, Directory(Endpoint(f"http://127.0.0.1:{replica_port}", "r")), Upstream(TOKEN), governor, metrics=metrics
+        CONFIG,
+        OneReplicaDirectory(Endpoint(f"http://127.0.0.1:{replica_port}", "r")),
+        Upstream(TOKEN),
+        governor,
+        metrics=metrics,
     )
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

@@ -17,26 +17,11 @@ from service.api.ingress import IngressApp
 from service.api.upstream import Endpoint, Upstream
 from service.config.loader import parse_config
 from service.observability.tracing import Tracing, otlp_exporter, otlp_traces_endpoint
+from tests.api.standins import OneReplicaDirectory
 from tests.otlp_receiver import OtlpReceiver
 
 TOKEN = "internal"
 CONFIG = parse_config({"models": [{"id": "chat", "source": {"path": "/m"}, "kv_cache_memory": "1GiB"}]}, "test")
-
-
-class Directory:
-    ready = True
-
-    def __init__(self, endpoint: Endpoint) -> None:
-        self.endpoint = endpoint
-
-    def endpoints(self, model_id: str) -> list[Endpoint]:
-        return [self.endpoint]
-
-    async def wake(self, model_id: str, timeout_s: float) -> list[Endpoint]:
-        return [self.endpoint]
-
-    def report_unreachable(self, model_id: str, endpoint: Endpoint) -> None:
-        pass
 
 
 @pytest.fixture
@@ -70,7 +55,7 @@ async def traced(
     await web.TCPSite(runner, "127.0.0.1", replica_port).start()
     tracing = Tracing(otlp_exporter({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}), "ingress")
     app = IngressApp(
-        CONFIG, Directory(Endpoint(f"http://127.0.0.1:{replica_port}", "r")), Upstream(TOKEN), tracing=tracing
+        CONFIG, OneReplicaDirectory(Endpoint(f"http://127.0.0.1:{replica_port}", "r")), Upstream(TOKEN), tracing=tracing
     )
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
