@@ -75,8 +75,8 @@ class UsageTap:
             return chunk
         if self._finish and b'"finish_reason":"' in chunk:
             self.finish_reasons.extend(m.decode() for m in _FINISH_REASON.findall(chunk))
-        if not self._drop and not self._keep_text and b'"usage"' not in chunk and not self._pending:
-            return chunk  # the common case: nothing to look at
+        if not self._keep_text and not self._pending and chunk.endswith(b"\n\n") and b'"usage"' not in chunk:
+            return chunk  # the common case: whole events, none with usage (the only event ever dropped)
         data = self._pending + chunk
         end = data.rfind(b"\n\n")
         if end < 0:
