@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 bash scripts/install-tools.sh # redis-server for the governance store tests
-.venv/bin/ruff check service tests bench
-.venv/bin/ruff format --check --quiet service tests bench
+.venv/bin/ruff check service tests bench scripts
+.venv/bin/ruff format --check --quiet service tests bench scripts
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -22,6 +22,8 @@ DECISION_BUCKETS = (0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 
 DURATION_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1, 2, 5, 10, 20, 60)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5)
+STORE_OPERATIONS = ("admit", "settle", "renew", "kills", "usage")
+KILL_SCOPES = ("all", "model", "tenant", "key")
 NO_TENANT = "none"  # unauthenticated, or governance off
 UNKNOWN_MODEL = "unknown"  # the request named no model this service serves
 LIMIT_NAMES = (
@@ -162,6 +164,13 @@ class ServiceMetrics:
             ["result"],
             registry=r,
         )
+        # Known label values start at 0, so that dashboards and alerts see the series before the first event.
+        for operation in STORE_OPERATIONS:
+            self.store_errors.labels(operation)
+        for result in ("ok", "error"):
+            self.policy_reloads.labels(result)
+        for scope in KILL_SCOPES:
+            self.killed.labels(scope)
         self.audit_write_failures = Counter(
             "paddock_audit_write_failures",
             "Audit records that could not be written.",

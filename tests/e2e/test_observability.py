@@ -16,6 +16,7 @@ import pytest
 
 from bench.prometheus import Prometheus, start_prometheus
 
+ROOT = Path(__file__).resolve().parents[2]
 CHAT = "smollm2-135m-instruct"
 SERVER, INTERNAL = 2, 1  # OTLP span kinds
 ENGINE_PHASES = ("engine.queue", "engine.prefill", "engine.decode")
@@ -158,3 +159,21 @@ def test_every_metric_the_dashboards_and_alerts_use_exists(stack, prometheus: Pr
     exported = prometheus.metric_names()
     missing = sorted(referenced_metrics() - exported)
     assert not missing, f"dashboards or rules use metrics nobody exports: {missing}"
+
+
+def test_the_dashboards_main_panels_render_from_real_data(stack, prometheus: Prometheus, tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render_dashboards", ROOT / "scripts" / "render_dashboards.py")
+    assert spec and spec.loader
+    renderer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(renderer)
+    _traffic(stack)
+    time.sleep(3)
+    out = tmp_path / "dashboards.png"
+    end = time.time()
+    counts = renderer.render(prometheus.url, end - 300, end, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+    for title in ("Requests per second by model", "Time to first token (streams)", "Tokens per second by tenant"):
+        assert counts[title] > 0, f"{title}: no series"
+    assert counts["KV-cache usage"] > 0 and counts["Running and waiting requests"] > 0
