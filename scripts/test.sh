@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 bash scripts/install-tools.sh # redis-server for the governance store tests
+bash scripts/install-chart-tools.sh # helm, kubernetes-validate, checkov for tests/helm (into .cache/tools)
 .venv/bin/ruff check service tests bench
 .venv/bin/ruff format --check --quiet service tests bench
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
