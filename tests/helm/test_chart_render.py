@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from chart_tools import (
     SCENARIOS,
     Rendered,
     helm_template,
+    parse,
     run,
     tool,
 )
@@ -114,3 +116,24 @@ def test_inconsistent_values_fail_at_render(args: list[str], message: str) -> No
     result = helm_template([], args, check=False)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("scenario", ["ci/standalone-cpu", "ci/rayservice-gpu", "ci/minimal"])
+def test_notes_render(scenario: str, tmp_path: Path) -> None:
+    """NOTES.txt renders without missing values (`helm install` shows it; `helm template` cannot)."""
+    chart = tmp_path / "paddock"
+    shutil.copytree(CHART, chart)
+    notes = (chart / "templates" / "NOTES.txt").read_text()
+    (chart / "templates" / "_zz_notes.tpl").write_text('{{- define "zz.notes" -}}\n' + notes + "\n{{- end }}\n")
+    (chart / "templates" / "zz-notes.yaml").write_text(
+        'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: zz-notes}\ndata:\n  notes: {{ include "zz.notes" . | toJson }}\n'
+    )
+    result = parse(scenario, helm_template(SCENARIOS[scenario], chart=chart).stdout)
+    text = result.one("ConfigMap", "zz-notes")["data"]["notes"]
+    assert "<no value>" not in text and "helm test paddock" in text
+    if "rayservice" in scenario:
+        assert "kubectl -n paddock get rayservice paddock" in text and "svc/paddock-serve-svc" in text
+    if "minimal" in scenario:
+        assert "governance is OFF" in text
+    else:
+        assert "paddock keys create" in text
