@@ -108,6 +108,11 @@ RENDER_TIME_FAILURES = [
     (["--set", "mode=rayservice", "--set", "monitoring.serviceMonitor.enabled=true"], "use monitoring.podMonitor"),
     (["--set", "state.persistentVolumeClaim.create=true", "--set", "replicaCount=2"], "needs replicaCount 1"),
     (["--set", "mode=rayservice", "--set", "rayService.gcsFaultTolerance.enabled=true"], "redisAddress is required"),
+    (
+        ["--set", "mode=rayservice", "--set", "modelCache.persistentVolumeClaim.create=true"],
+        "needs accessModes [ReadWriteMany]",
+    ),
+    (["--set", "mode=rayservice", "--set", "state.persistentVolumeClaim.existingClaim=x"], "is for standalone mode"),
 ]
 
 

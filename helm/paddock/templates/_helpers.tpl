@@ -276,6 +276,15 @@ Render-time checks that the schema cannot express.
 {{- if and .Values.monitoring.serviceMonitor.enabled (eq .Values.mode "rayservice") }}
 {{- fail "monitoring.serviceMonitor is for standalone mode; use monitoring.podMonitor in rayservice mode (every Ray pod exports metrics)" }}
 {{- end }}
+{{- $cache := .Values.modelCache.persistentVolumeClaim }}
+{{- $shared := or (has "ReadWriteMany" $cache.accessModes) (has "ReadOnlyMany" $cache.accessModes) }}
+{{- $manyPods := or (eq .Values.mode "rayservice") (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled }}
+{{- if and $cache.create (not $cache.existingClaim) $manyPods (not $shared) }}
+{{- fail "modelCache.persistentVolumeClaim is mounted by several pods (replicas or Ray nodes): it needs accessModes [ReadWriteMany]" }}
+{{- end }}
+{{- if and (eq .Values.mode "rayservice") (or .Values.state.persistentVolumeClaim.create .Values.state.persistentVolumeClaim.existingClaim) }}
+{{- fail "state.persistentVolumeClaim is for standalone mode: Ray pods keep local state on an emptyDir (use governance.stateStore redis, and ship the audit log from stdout)" }}
+{{- end }}
 {{- $pvc := .Values.state.persistentVolumeClaim }}
 {{- if and (eq .Values.mode "standalone") (or $pvc.create $pvc.existingClaim) (or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled) }}
 {{- fail "state.persistentVolumeClaim needs replicaCount 1 and autoscaling off: the local state is one pod's (use governance.stateStore redis for several pods)" }}
