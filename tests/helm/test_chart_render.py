@@ -142,3 +142,11 @@ def test_notes_render(scenario: str, tmp_path: Path) -> None:
         assert "governance is OFF" in text
     else:
         assert "paddock keys create" in text
+
+
+def test_kubernetes_version_floor() -> None:
+    """Chart.yaml's kubeVersion: 1.30 and 1.34 render, 1.29 is refused (the preStop sleep action)."""
+    for version in ("1.30.0", "1.34.0"):
+        helm_template([], ["--kube-version", version])
+    result = helm_template([], ["--kube-version", "1.29.0"], check=False)
+    assert result.returncode != 0 and "kubeVersion" in result.stderr
