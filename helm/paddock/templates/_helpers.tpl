@@ -276,6 +276,9 @@ Render-time checks that the schema cannot express.
 {{- if and .Values.monitoring.serviceMonitor.enabled (eq .Values.mode "rayservice") }}
 {{- fail "monitoring.serviceMonitor is for standalone mode; use monitoring.podMonitor in rayservice mode (every Ray pod exports metrics)" }}
 {{- end }}
+{{- if and (eq .Values.mode "standalone") .Values.monitoring.serviceMonitor.enabled .Values.monitoring.podMonitor.enabled }}
+{{- fail "enable monitoring.serviceMonitor or monitoring.podMonitor in standalone mode, not both: they would scrape the same pods twice" }}
+{{- end }}
 {{- $cache := .Values.modelCache.persistentVolumeClaim }}
 {{- $shared := or (has "ReadWriteMany" $cache.accessModes) (has "ReadOnlyMany" $cache.accessModes) }}
 {{- $manyPods := or (eq .Values.mode "rayservice") (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled }}
