@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from chart_tools import Rendered, helm_template, parse
+from chart_tools import CHART, Rendered, helm_template, parse
 
 from service.config.loader import APP_BUILDER_IMPORT_PATH, ConfigError, load_config_file
 from service.config.schema import ServiceConfig
@@ -281,3 +282,20 @@ def test_rayservice_worker_readiness_probe_runs(rendered: dict[str, Rendered]) -
     compile(code, "probe", "exec")
     probe = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
     assert probe.returncode != 0
+
+
+def test_pod_templates_do_not_change_with_the_chart_version(tmp_path: Path) -> None:
+    """A chart-only release neither rolls the pods nor makes KubeRay build a new Ray cluster."""
+    chart = tmp_path / "paddock"
+    shutil.copytree(CHART, chart)
+    values = [Path(CHART / "ci" / "rayservice-gpu-values.yaml")]
+    before = parse("before", helm_template(values, chart=chart).stdout)
+    alone_before = parse("alone-before", helm_template([], chart=chart).stdout)
+    chart_yaml = chart / "Chart.yaml"
+    chart_yaml.write_text(chart_yaml.read_text().replace("\nversion: ", "\nversion: 99.0.0-", 1))
+    after = parse("after", helm_template(values, chart=chart).stdout)
+    alone_after = parse("alone-after", helm_template([], chart=chart).stdout)
+    assert before.one("RayService")["metadata"] != after.one("RayService")["metadata"]  # the chart label moved
+    assert before.one("RayService")["spec"] == after.one("RayService")["spec"]
+    template = alone_before.one("Deployment")["spec"]["template"]
+    assert template == alone_after.one("Deployment")["spec"]["template"]

@@ -52,6 +52,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/*
+Labels of pod templates: no chart version, so that a chart-only change neither rolls the pods nor,
+in rayservice mode, makes KubeRay build a new Ray cluster (it hashes the cluster spec).
+*/}}
+{{- define "paddock.podLabels" -}}
+{{ include "paddock.selectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/part-of: paddock
+{{- end }}
+
+{{/*
 Selector labels of the pods that run Paddock (the Deployment's, or every Ray pod of the RayService).
 */}}
 {{- define "paddock.serverSelectorLabels" -}}
