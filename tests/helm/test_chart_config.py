@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from chart_tools import CHART, Rendered, helm_template, parse
+from ray.serve.schema import ServeDeploySchema
 
 from service.config.loader import APP_BUILDER_IMPORT_PATH, ConfigError, load_config_file
 from service.config.schema import ServiceConfig
@@ -69,6 +70,7 @@ def test_serve_config_loads_with_the_service_loader(rendered: dict[str, Rendered
         assert config.ingress.host == "0.0.0.0"
         assert config.ingress.max_replicas_per_node == 1
         serve = yaml.safe_load(text)
+        ServeDeploySchema.model_validate(serve)  # what Ray's dashboard accepts from KubeRay
         # Ray Serve's proxy stays off the serve port: Paddock's ingress owns it.
         assert serve["proxy_location"] == "Disabled"
         [app] = serve["applications"]
