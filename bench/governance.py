@@ -36,7 +36,7 @@ from service.governance.records import AuditTrail
 from service.governance.reload import PolicyHolder
 from service.governance.store import open_store
 from service.governance.store.base import Reservation, Usage
-from service.observability.metrics import GovernanceMetrics
+from service.observability.metrics import ServiceMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUTE = "/v1/chat/completions"
@@ -69,7 +69,7 @@ def build_governor(workdir: Path, n_keys: int, store_url: str) -> tuple[Governor
     model = {"id": MODEL, "source": {"path": "/m"}, "kv_cache_memory": "1GiB", "max_model_len": 2048}
     config = parse_config({"models": [model]}, "bench")
     keys = write_policy(workdir / "governance.yaml", n_keys)
-    metrics = GovernanceMetrics()
+    metrics = ServiceMetrics()
     reloaded = lambda result, error: metrics.policy_reloads.labels(result).inc()  # noqa: E731
     holder = PolicyHolder(workdir / "governance.yaml", on_reload=reloaded)
     store = open_store(store_url, workdir / "state")

@@ -48,7 +48,24 @@ class Server:
                 break
             time.sleep(2)
         if self.scratch is not None:
+            kill_strays(self.scratch)
             shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def kill_strays(directory: Path) -> None:
+    """SIGKILL processes that left the process group but still name ``directory`` (Ray's daemons)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(directory) in cmdline:
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def _spawn(name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> tuple[subprocess.Popen[bytes], Path]:

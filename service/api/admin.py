@@ -1,6 +1,6 @@
-"""The admin API: kill switch, keys, usage export and metrics, on its own port.
+"""The admin API: kill switch, keys and usage export, on its own port.
 
-Every route but ``/health`` and ``/metrics`` needs the admin token (never a
+Every route but ``/health`` needs the admin token (never a
 tenant key). Kills go to the shared state store, so every ingress on every
 node applies them within a second, and they survive restarts and reloads.
 Every change is an audit record with its before and after.
@@ -56,10 +56,6 @@ class AdminApp:
         path, method = scope["path"], scope["method"]
         if path == "/health":
             await send_json(send, 200, {"status": "ok"}, headers)
-            return
-        if path == "/metrics":
-            body = self._governor.trail.metrics.exposition()
-            await send_bytes(send, 200, body, b"text/plain; version=0.0.4; charset=utf-8", headers)
             return
         given = (bearer(header(scope, b"authorization")) or "").encode()
         if not self._token or not hmac.compare_digest(given, self._token):

@@ -49,6 +49,10 @@ from service.governance.governor import Governor, Ticket
 from service.governance.keys import Principal
 from service.governance.refusal import Refusal
 from service.governance.store.base import Usage
+from service.observability.logs import CURRENT, trace_id_of
+from service.observability.metrics import ServiceMetrics
+from service.observability.requests import Observation, RequestMetrics, observe_tap
+from service.observability.tracing import OPERATION_NAMES, Tracing, end_request_span, request_attributes
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +97,8 @@ class IngressApp:
         upstream: Upstream,
         governor: Governor | None = None,
         trusted_proxies: Sequence[str] = (),
+        metrics: ServiceMetrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._config = config
         self._names = config.model_by_name()
@@ -101,6 +107,8 @@ class IngressApp:
         self._governor = governor
         self._trusted = [ipaddress.ip_network(net, strict=False) for net in trusted_proxies]
         self._created = int(time.time())
+        self._observe = RequestMetrics(metrics or ServiceMetrics(), governed=governor is not None)
+        self._tracing = tracing
         self._inflight = 0
         self.draining = False
 
@@ -116,7 +124,37 @@ class IngressApp:
             return
         rid = request_id(scope)
         response_headers = [(REQUEST_ID_HEADER, rid)]
-        await answer_errors(self._dispatch(scope, receive, send, rid, response_headers), send, response_headers)
+        if scope["path"] in API_ROUTES:
+            await self._api(scope, receive, send, rid, response_headers)
+        else:
+            await answer_errors(self._dispatch(scope, receive, send, rid, response_headers), send, response_headers)
+
+    async def _api(self, scope: Scope, receive: Receive, send: Send, rid: str, headers: list[tuple[str, str]]) -> None:
+        """An API call, observed from receipt to its last byte (metrics; the trace when on)."""
+        obs = self._observe.start(scope["path"], rid, trace_id_of(header(scope, b"traceparent")))
+        if self._tracing is not None:
+            obs.span = self._server_span(self._tracing, scope, rid, obs)
+            obs.trace_id = format(obs.span.get_span_context().trace_id, "032x")
+        send = self._observe.watch(obs, send)
+        current = CURRENT.set(obs)  # log lines and audit records of this request carry its ids
+        try:
+            await answer_errors(self._proxy(scope, receive, send, rid, headers, obs), send, headers)
+        finally:
+            CURRENT.reset(current)
+            self._observe.finish(obs)
+            if obs.span is not None:
+                end_request_span(obs)
+
+    @staticmethod
+    def _server_span(tracing: Tracing, scope: Scope, rid: str, obs: Observation) -> Any:
+        carrier = {name.decode(): value for name in FORWARDED_HEADERS if (value := header(scope, name)) is not None}
+        attributes = {
+            "http.request.method": scope["method"],
+            "url.path": scope["path"],
+            "gen_ai.operation.name": OPERATION_NAMES[obs.route],
+            "paddock.request_id": rid,
+        }
+        return tracing.server_span(f"{OPERATION_NAMES[obs.route]}", tracing.extract(carrier), attributes)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -132,11 +170,7 @@ class IngressApp:
         self, scope: Scope, receive: Receive, send: Send, rid: str, headers: list[tuple[str, str]]
     ) -> None:
         path, method = scope["path"], scope["method"]
-        if path in API_ROUTES:
-            if method != "POST":
-                raise errors.method_not_allowed(method, path)
-            await self._proxy(scope, receive, send, rid, headers)
-        elif path in ("/health", "/ready", RAY_PROXY_HEALTH, "/v1/models") or path.startswith("/v1/models/"):
+        if path in ("/health", "/ready", RAY_PROXY_HEALTH, "/v1/models") or path.startswith("/v1/models/"):
             if method not in ("GET", "HEAD"):
                 raise errors.method_not_allowed(method, path)
             principal = None
@@ -245,34 +279,67 @@ class IngressApp:
         return error
 
     async def _proxy(
-        self, scope: Scope, receive: Receive, send: Send, rid: str, headers: list[tuple[str, str]]
+        self, scope: Scope, receive: Receive, send: Send, rid: str, headers: list[tuple[str, str]], obs: Observation
     ) -> None:
+        if scope["method"] != "POST":
+            raise errors.method_not_allowed(scope["method"], scope["path"])
         if self.draining:
             raise errors.unavailable("Paddock is shutting down; retry on another instance.")
+        span = self._tracing.child("governance", obs.span) if obs.span is not None and self._governor else None
+        try:
+            body, model, ticket = await self._decide(scope, receive, rid, obs)
+        finally:
+            if span is not None:
+                span.set_attributes({"paddock.tenant": obs.tenant, "paddock.decision": obs.decision})
+                span.end()
+        forwarded = {REQUEST_ID_HEADER: rid}
+        if obs.span is not None:
+            forwarded.update(self._tracing.inject(obs.span))  # type: ignore[union-attr]
+        else:
+            for name in FORWARDED_HEADERS:
+                value = header(scope, name)
+                if value is not None:
+                    forwarded[name.decode()] = value
+        inflight = self._observe.inflight(obs)
+        inflight.inc()
+        self._inflight += 1
+        try:
+            if ticket is not None:
+                await self._governed(ticket, forwarded, receive, send, headers, obs)
+            elif obs.span is None:
+                await self._forward(model, scope["path"], body, forwarded, receive, send, headers)
+            else:  # ungoverned but traced: read usage and finish reasons off the response
+                state = RelayState(tap=UsageTap(False, finish_reasons=True))
+                await self._forward(model, scope["path"], body, forwarded, receive, send, headers, state)
+                observe_tap(obs, state.tap)
+        finally:
+            self._inflight -= 1
+            inflight.dec()
+
+    async def _decide(
+        self, scope: Scope, receive: Receive, rid: str, obs: Observation
+    ) -> tuple[bytes, ModelConfig, Ticket | None]:
+        """Authenticate, read and parse the body, and admit: the request to forward, or an error (audited)."""
         path, started = scope["path"], time.monotonic()
         client = self.client_address(scope)
         principal = await self._authenticate(scope, rid, path, started, client) if self._governor else None
+        if principal is not None:
+            obs.tenant = principal.tenant.id
         model: ModelConfig | None = None
         try:
             body = await read_body(receive, int(self._config.ingress.max_body_bytes))
             request, model = self._parse(body, path, principal)
+            obs.model = model.id
+            if obs.span is not None:
+                obs.span.update_name(f"{OPERATION_NAMES[obs.route]} {request['model']}")
+                obs.span.set_attributes({"gen_ai.request.model": request["model"], **request_attributes(request)})
             ticket = await self._admit(principal, model, path, request, rid, client)
         except (Refusal, errors.APIError) as refusal:
             name = model.id if model else None
             raise self._refused(refusal, rid, path, client, started, principal=principal, model=name) from None
-        forwarded = {REQUEST_ID_HEADER: rid}
-        for name in FORWARDED_HEADERS:
-            value = header(scope, name)
-            if value is not None:
-                forwarded[name.decode()] = value
-        self._inflight += 1
-        try:
-            if ticket is None:
-                await self._forward(model, path, body, forwarded, receive, send, headers)
-            else:
-                await self._governed(ticket, forwarded, receive, send, headers)
-        finally:
-            self._inflight -= 1
+        if ticket is not None:
+            obs.decision = "admitted"
+        return body, model, ticket
 
     async def _admit(
         self, principal: Principal | None, model: ModelConfig, path: str, request: dict[str, Any], rid: str, client: str
@@ -284,14 +351,21 @@ class IngressApp:
         return ticket
 
     async def _governed(
-        self, ticket: Ticket, forwarded: dict[str, str], receive: Receive, send: Send, headers: list[tuple[str, str]]
+        self,
+        ticket: Ticket,
+        forwarded: dict[str, str],
+        receive: Receive,
+        send: Send,
+        headers: list[tuple[str, str]],
+        obs: Observation,
     ) -> None:
         assert self._governor is not None
         shaped = ticket.shaped
         if shaped.max_prompt_tokens is not None:
             forwarded[MAX_PROMPT_TOKENS_HEADER] = str(shaped.max_prompt_tokens)
         keep_text = ticket.principal.tenant.audit.include_text
-        state = RelayState(tap=UsageTap(False, shaped.stream and not shaped.include_usage, keep_text))
+        tap = UsageTap(False, shaped.stream and not shaped.include_usage, keep_text, obs.span is not None)
+        state = RelayState(tap=tap)
         body = json.dumps(shaped.body).encode()
         outcome, status = "ok", 0
         try:
@@ -325,14 +399,17 @@ class IngressApp:
             outcome = "client_disconnected"
             raise
         finally:
-            await self._finish(ticket, state, status, outcome)
+            usage = await self._finish(ticket, state, status, outcome)
+            if usage is not None:
+                obs.usage = (usage.prompt_tokens, usage.completion_tokens)
+            obs.finish_reasons = tap.finish_reasons
 
     async def _cut_short(self, send: Send, state: RelayState, error: errors.APIError) -> None:
         if not state.started:
             raise error
         await end_early(send, state, error)
 
-    async def _finish(self, ticket: Ticket, state: RelayState, status: int, outcome: str) -> None:
+    async def _finish(self, ticket: Ticket, state: RelayState, status: int, outcome: str) -> Usage | None:
         assert self._governor is not None
         tap = state.tap
         usage = tap.usage if tap else None
@@ -342,6 +419,7 @@ class IngressApp:
         await self._governor.settle(ticket, usage)
         completion = tap.completion() if tap and ticket.principal.tenant.audit.include_text else None
         self._governor.trail.completed(ticket, status=status, usage=usage, outcome=outcome, completion=completion)
+        return usage
 
     async def _endpoints(self, model: ModelConfig) -> Sequence[Endpoint]:
         endpoints = self._directory.endpoints(model.id)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import MutableMapping
+from typing import Any
 
 from service.api import errors
 from service.api.asgi import (
@@ -27,8 +29,9 @@ from service.api.asgi import (
     send_json,
     until_disconnect,
 )
-from service.api.upstream import INTERNAL_TOKEN_HEADER, MAX_PROMPT_TOKENS_HEADER
+from service.api.upstream import FORWARDED_HEADERS, INTERNAL_TOKEN_HEADER, MAX_PROMPT_TOKENS_HEADER
 from service.engine.base import OPERATIONS, CallContext, Engine, EngineDead, JSONResult, StreamResult
+from service.observability.tracing import Tracing, finish_span
 
 log = logging.getLogger(__name__)
 SSE_CONTENT_TYPE = b"text/event-stream"
@@ -37,8 +40,11 @@ SSE_CONTENT_TYPE = b"text/event-stream"
 class ReplicaApp:
     """ASGI app serving one engine to the ingress."""
 
-    def __init__(self, engine: Engine, token: str, max_ongoing: int, max_body_bytes: int) -> None:
+    def __init__(
+        self, engine: Engine, token: str, max_ongoing: int, max_body_bytes: int, tracing: Tracing | None = None
+    ) -> None:
         self._engine = engine
+        self._tracing = tracing
         self._token = token.encode()
         self._max_ongoing = max_ongoing
         self._max_body_bytes = max_body_bytes
@@ -82,16 +88,50 @@ class ReplicaApp:
             raise errors.overloaded("This model replica is at its concurrency limit; retry later.")
         self.inflight += 1
         try:
-            await self._call(operation, scope, receive, send, rid, headers)
+            if self._tracing is None:
+                await self._call(operation, scope, receive, send, rid, headers, {})
+            else:
+                await self._traced(self._tracing, operation, scope, receive, send, rid, headers)
         finally:
             self.inflight -= 1
 
+    async def _traced(
+        self, tracing: Tracing, operation, scope: Scope, receive: Receive, send: Send, rid: str, headers: list
+    ) -> None:  # type: ignore[no-untyped-def]
+        """The replica's server span, continuing the ingress's trace; the engine's spans go under it."""
+        carrier = {name.decode(): value for name in FORWARDED_HEADERS if (value := header(scope, name)) is not None}
+        attributes = {"paddock.request_id": rid, "gen_ai.request.model": self._engine.model_id}
+        span = tracing.server_span(f"replica {operation}", tracing.extract(carrier), attributes)
+        status = 0
+
+        async def observed(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._call(operation, scope, receive, observed, rid, headers, tracing.inject(span))
+        except errors.APIError as error:
+            status = error.status
+            raise
+        finally:
+            finish_span(span, status or 499, {})
+
     async def _call(
-        self, operation, scope: Scope, receive: Receive, send: Send, rid: str, headers: list[tuple[str, str]]
+        self,
+        operation,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        rid: str,
+        headers: list[tuple[str, str]],
+        trace_headers: dict[str, str],
     ) -> None:  # type: ignore[no-untyped-def]
         body = json_object(await read_body(receive, self._max_body_bytes))
         cap = header(scope, MAX_PROMPT_TOKENS_HEADER.encode())
-        ctx = CallContext(request_id=rid, max_prompt_tokens=int(cap) if cap and cap.isdigit() else None)
+        limit = int(cap) if cap and cap.isdigit() else None
+        ctx = CallContext(request_id=rid, headers=trace_headers, max_prompt_tokens=limit)
         result = await until_disconnect(self._engine.call(operation, body, ctx), receive)
         if isinstance(result, JSONResult):
             await send_bytes(send, result.status, result.body, headers=headers)

@@ -9,11 +9,13 @@ arrive; only a partial event at the end of a network chunk waits for its rest.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from service.governance.store.base import Usage
 
 _MAX_JSON_BODY = 64 * 1024 * 1024
+_FINISH_REASON = re.compile(rb'"finish_reason":"([A-Za-z_]{1,32})"')
 
 
 def _usage(data: Any) -> Usage | None:
@@ -51,10 +53,14 @@ def _text(data: Any) -> str:
 class UsageTap:
     """Sees every relayed chunk; ``feed`` returns what to pass on."""
 
-    def __init__(self, sse: bool, drop_usage_event: bool = False, keep_text: bool = False) -> None:
+    def __init__(
+        self, sse: bool, drop_usage_event: bool = False, keep_text: bool = False, finish_reasons: bool = False
+    ) -> None:
         self.sse = sse
         self._drop = drop_usage_event
         self._keep_text = keep_text
+        self._finish = finish_reasons  # collect each choice's finish_reason (for traces)
+        self.finish_reasons: list[str] = []
         self._pending = b""
         self._body: list[bytes] = []
         self._size = 0
@@ -67,6 +73,8 @@ class UsageTap:
             if self._size <= _MAX_JSON_BODY:
                 self._body.append(chunk)
             return chunk
+        if self._finish and b'"finish_reason":"' in chunk:
+            self.finish_reasons.extend(m.decode() for m in _FINISH_REASON.findall(chunk))
         if not self._drop and not self._keep_text and b'"usage"' not in chunk and not self._pending:
             return chunk  # the common case: nothing to look at
         data = self._pending + chunk
@@ -100,6 +108,9 @@ class UsageTap:
             except ValueError:
                 data = None
             self.usage = _usage(data)
+            if self._finish and isinstance(data, dict):
+                reasons = [c.get("finish_reason") for c in data.get("choices") or () if isinstance(c, dict)]
+                self.finish_reasons.extend(r for r in reasons if isinstance(r, str))
             if self._keep_text:
                 self.text.append(_text(data))
             return b""

@@ -38,9 +38,11 @@ def _config(settings: Settings) -> ServiceConfig:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from service.observability.logs import configure_logging
     from service.serve.local import serve_forever
 
     settings = _settings(args)
+    configure_logging(settings.log_level, settings.log_format)
     serve_forever(_config(settings), settings)
     return 0
 

@@ -233,7 +233,7 @@ class IngressConfig(StrictModel):
 
 
 class AdminConfig(StrictModel):
-    """The admin API (kill switch, keys, usage, metrics): its own port, its own token."""
+    """The admin API (kill switch, keys, usage): its own port, its own token."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=8001, ge=1, le=65535)

@@ -46,7 +46,11 @@ class Settings(BaseSettings):
         default=None, description="Local Ray's node address; none = 127.0.0.1 (nothing of Ray beyond this host)."
     )
     ray_temp_dir: Path | None = Field(default=None, description="Local Ray's session directory root.")
+    tracing: bool = Field(
+        default=False, description="OpenTelemetry traces over OTLP (configured by the standard OTEL_* variables)."
+    )
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    log_format: Literal["json", "text"] = Field(default="json", description="Paddock's own log lines.")
     replica_host: str | None = Field(
         default=None,
         description="Address model replicas bind and announce; none = this node's Ray IP.",

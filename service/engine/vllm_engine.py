@@ -15,11 +15,13 @@ import contextvars
 import dataclasses
 import json
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pydantic
+from ray import is_initialized as ray_is_initialized
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
@@ -41,10 +43,12 @@ from vllm.renderers.online_renderer import OnlineRenderer
 from vllm.usage.usage_lib import UsageContext
 from vllm.utils.gc_utils import freeze_gc_heap
 from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
 from service.api import errors
 from service.config.schema import ModelConfig
 from service.engine.base import CallContext, EngineDead, JSONResult, Operation, Result, StreamResult
+from service.engine.engine_spans import wrap_do_tracing
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,9 @@ _requested_max_tokens: contextvars.ContextVar[int | None] = contextvars.ContextV
     "paddock_requested_max_tokens", default=None
 )
 # The governance policy's cap on prompt tokens for this request (None: the context only).
+_trace_headers: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "paddock_trace_headers", default=None
+)
 _max_prompt_tokens: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "paddock_max_prompt_tokens", default=None
 )
@@ -69,7 +76,7 @@ class EngineArgsError(ValueError):
     """An ``engine_args`` key vLLM does not know."""
 
 
-def engine_args(model: ModelConfig, path: Path) -> AsyncEngineArgs:
+def engine_args(model: ModelConfig, path: Path, otlp_traces_endpoint: str | None = None) -> AsyncEngineArgs:
     """vLLM engine arguments for one model entry (validated against vLLM's own fields)."""
     known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
     unknown = sorted(set(model.engine_args) - known)
@@ -93,6 +100,8 @@ def engine_args(model: ModelConfig, path: Path) -> AsyncEngineArgs:
         args["kv_cache_memory_bytes"] = int(model.kv_cache_memory)
     elif model.task == "embed":
         args["kv_cache_memory_bytes"] = 64 * 1024 * 1024
+    if otlp_traces_endpoint:
+        args["otlp_traces_endpoint"] = otlp_traces_endpoint
     args.update(model.engine_args)
     return AsyncEngineArgs(**args)
 
@@ -136,7 +145,14 @@ class _ContextGuard:
                     parameter="max_tokens",
                     value=requested,
                 )
+        if (headers := _trace_headers.get()) is not None:
+            kwargs["trace_headers"] = headers  # the replica's span becomes the parent of vLLM's
         return self._engine.generate(prompt, sampling_params, request_id, **kwargs)
+
+    def encode(self, *args: Any, **kwargs: Any) -> Any:
+        if (headers := _trace_headers.get()) is not None:
+            kwargs["trace_headers"] = headers
+        return self._engine.encode(*args, **kwargs)
 
 
 def _requested_tokens(request: pydantic.BaseModel) -> int | None:
@@ -215,16 +231,27 @@ async def _stream(source: AsyncIterator[Any]) -> AsyncIterator[bytes]:
 class VLLMEngine:
     """One model served by vLLM's AsyncLLM and vLLM's OpenAI serving classes."""
 
-    def __init__(self, model: ModelConfig, path: Path) -> None:
+    def __init__(self, model: ModelConfig, path: Path, otlp: tuple[str, str] | None = None) -> None:
+        """``otlp``: the (traces endpoint, protocol) of vLLM's own spans, when tracing is on."""
         self.model_id = model.id
         self._model = model
         self._path = path
+        self._otlp = otlp
         self._engine: AsyncLLM | None = None
         self._handlers: dict[Operation, Any] = {}
 
     async def start(self) -> None:
-        args = engine_args(self._model, self._path)
-        self._engine = AsyncLLM.from_engine_args(args, usage_context=UsageContext.OPENAI_API_SERVER)
+        if self._otlp is not None:  # vLLM's exporter reads only the traces-specific protocol variable
+            os.environ.setdefault("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", self._otlp[1])
+        args = engine_args(self._model, self._path, self._otlp[0] if self._otlp else None)
+        # Engine metrics go through Ray's metrics agent (as Ray Serve LLM does): `vllm:x` is exported
+        # as `ray_vllm_x` by each node's agent, with the replica's id as a label.
+        loggers = [RayPrometheusStatLogger] if ray_is_initialized() else None
+        self._engine = AsyncLLM.from_engine_args(
+            args, usage_context=UsageContext.OPENAI_API_SERVER, stat_loggers=loggers
+        )
+        if self._otlp is not None:
+            wrap_do_tracing(self._engine.output_processor)
         client = _ContextGuard(self._engine)
         base_paths = [BaseModelPath(name=name, model_path=str(self._path)) for name in self._model.names]
         models = OpenAIServingModels(client, base_paths)
@@ -273,6 +300,7 @@ class VLLMEngine:
             raise _validation_error(error) from None
         token = _requested_max_tokens.set(_requested_tokens(request))
         cap = _max_prompt_tokens.set(ctx.max_prompt_tokens)
+        traced = _trace_headers.set(ctx.headers or None)
         try:
             result = await handler(request, None)
         except Exception as error:  # noqa: BLE001 - vLLM raises its own exception types
@@ -280,6 +308,7 @@ class VLLMEngine:
         finally:
             _requested_max_tokens.reset(token)
             _max_prompt_tokens.reset(cap)
+            _trace_headers.reset(traced)
         return self._result(result, operation)
 
     def _result(self, result: Any, operation: Operation) -> Result:

@@ -143,16 +143,19 @@ class AuditLog:
             self._fd = None
             raise
 
-    def write(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Append ``record`` (plus ``writer``, ``seq``, ``prev``, ``hash``; ``time`` if missing); return it."""
+    def write(self, record: dict[str, Any], *, echo: bool = True) -> dict[str, Any]:
+        """Append ``record`` (plus ``writer``, ``seq``, ``prev``, ``hash``; ``time`` if missing); return it.
+
+        ``echo=False`` keeps the record off the stdout copy (it is still chained in the file).
+        """
         full = dict(record)
         full.pop("hash", None)
         if "time" not in full:
             full["time"] = self._now()
         with self._lock:
-            return self._append(full)
+            return self._append(full, echo)
 
-    def _append(self, full: dict[str, Any]) -> dict[str, Any]:
+    def _append(self, full: dict[str, Any], echo: bool = True) -> dict[str, Any]:
         """Chain and write one record; the caller holds the lock."""
         if self._fd is None:
             raise ValueError(f"audit log {self.path} is closed")
@@ -170,7 +173,7 @@ class AuditLog:
             raise OSError(self._broken)
         self._seq += 1
         self._prev = full["hash"] = digest
-        if self._stdout is not None:
+        if self._stdout is not None and echo:
             self._stdout.write(text[:-1] + ',"hash":"' + digest + '"}\n')
             self._stdout.flush()
         return full

@@ -16,7 +16,7 @@ from service.governance.governor import GovernanceOptions, Governor
 from service.governance.records import AuditTrail
 from service.governance.reload import PolicyHolder
 from service.governance.store import open_store
-from service.observability.metrics import GovernanceMetrics
+from service.observability.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def store_url(settings: Settings) -> str:
     return url
 
 
-def build_governor(config: ServiceConfig, settings: Settings, metrics: GovernanceMetrics) -> Governor:
+def build_governor(config: ServiceConfig, settings: Settings, metrics: ServiceMetrics) -> Governor:
     policy_path, _ = ensure_local_files(settings)
     key_secret = _read_secret(settings.key_secret_file)
     holder = PolicyHolder(

@@ -26,7 +26,7 @@ from service.governance.records import AuditTrail
 from service.governance.refusal import Refusal
 from service.governance.reload import PolicyHolder
 from service.governance.store.base import LIMIT_KINDS, Admission, Quota, Reservation, Store, StoreUnavailable, Usage
-from service.observability.metrics import GovernanceMetrics
+from service.observability.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,12 @@ class Ticket:
     client: str
     task: asyncio.Task[Any] | None = None
     killed: str | None = None
+    killed_by: str = ""  # the kill's scope, e.g. "model:x"
     settled: bool = False
 
-    def kill(self, message: str) -> None:
+    def kill(self, message: str, scope: str = "all") -> None:
         if self.killed is None:
-            self.killed = message
+            self.killed, self.killed_by = message, scope
             if self.task is not None and not self.task.done():
                 self.task.cancel()
 
@@ -118,7 +119,7 @@ class Governor:
         policy: PolicyHolder,
         store: Store,
         trail: AuditTrail,
-        metrics: GovernanceMetrics,
+        metrics: ServiceMetrics,
         options: GovernanceOptions,
     ) -> None:
         self._names = config.model_by_name()
@@ -324,7 +325,7 @@ class Governor:
             try:
                 self._check_kills(ticket.principal, ticket.model)
             except Refusal as refusal:
-                ticket.kill(refusal.message)
+                ticket.kill(refusal.message, refusal.detail or "all")
 
     async def _watch_kills(self) -> None:
         while True:

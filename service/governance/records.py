@@ -14,20 +14,24 @@ import logging
 import time
 from typing import Any, Protocol
 
-from prometheus_client import Counter
-
 from service.governance.audit import UtcClock, redact
 from service.governance.keys import Principal
 from service.governance.store.base import Usage
-from service.observability.metrics import GovernanceMetrics
+from service.observability.logs import CURRENT
+from service.observability.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
 
 class Writer(Protocol):
-    def write(self, record: dict[str, Any]) -> dict[str, Any]: ...
+    def write(self, record: dict[str, Any], *, echo: bool = True) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
+
+
+def _trace_id() -> str | None:
+    obs = CURRENT.get()
+    return obs.trace_id if obs is not None else None
 
 
 def prompt_text(body: dict[str, Any]) -> str:
@@ -38,19 +42,17 @@ def prompt_text(body: dict[str, Any]) -> str:
 class AuditTrail:
     """Builds the records and writes them through one hash-chained writer."""
 
-    def __init__(self, writer: Writer | None, metrics: GovernanceMetrics) -> None:
+    def __init__(self, writer: Writer | None, metrics: ServiceMetrics) -> None:
         self._writer = writer
         self.metrics = metrics
         self._now = UtcClock()
         self._allowed = metrics.decisions.labels("allow", "admitted")  # every admitted request: bound once
-        self._inflight = metrics.inflight
-        self._finished: dict[tuple[str, str, int], tuple[Counter, Counter, Counter]] = {}
 
-    def _write(self, record: dict[str, Any]) -> None:
+    def _write(self, record: dict[str, Any], echo: bool = True) -> None:
         if self._writer is None:
             return
         try:
-            self._writer.write(record)
+            self._writer.write(record, echo=echo)
         except Exception:  # noqa: BLE001 - counted and logged; alerting watches the counter
             self.metrics.audit_write_failures.inc()
             log.exception("audit record not written: %s", record.get("request_id"))
@@ -74,14 +76,14 @@ class AuditTrail:
             self.metrics.rate_limited.labels(tenant or "unknown", detail or reason).inc()
         if reason == "killed":
             self.metrics.killed.labels((detail or "all").split(":")[0]).inc()
-        if principal is not None and model is not None:
-            self.metrics.requests.labels(model, tenant, str(status)).inc()
         self._write(
             {
                 "time": self._now(),
+                "level": "info",
                 "event": "request",
                 "phase": "refused",
                 "request_id": request_id,
+                "trace_id": _trace_id(),
                 "route": route,
                 "client": client,
                 "tenant": tenant,
@@ -97,14 +99,15 @@ class AuditTrail:
 
     def admitted(self, ticket: Any) -> None:
         self._allowed.inc()
-        self._inflight.inc()
         principal, shaped = ticket.principal, ticket.shaped
         tenant = principal.tenant
         record = {
             "time": self._now(),
+            "level": "info",
             "event": "request",
             "phase": "admitted",
             "request_id": ticket.request_id,
+            "trace_id": _trace_id(),
             "route": ticket.route,
             "client": ticket.client,
             "tenant": tenant.id,
@@ -117,40 +120,29 @@ class AuditTrail:
         }
         if tenant.audit.include_text:
             record["prompt"] = prompt_text(shaped.body)
-        self._write(record)
-
-    def _finished_counters(self, model: str, tenant: str, status: int) -> tuple[Counter, Counter, Counter]:
-        """The requests, prompt-token and completion-token counters of one (model, tenant, status)."""
-        counters = self._finished.get((model, tenant, status))
-        if counters is None:
-            m = self.metrics
-            counters = self._finished[model, tenant, status] = (
-                m.requests.labels(model, tenant, str(status)),
-                m.tokens.labels(model, tenant, "prompt"),
-                m.tokens.labels(model, tenant, "completion"),
-            )
-        return counters
+        self._write(record, echo=False)  # the log line of the request is its completed record
 
     def completed(
         self, ticket: Any, *, status: int, usage: Usage | None, outcome: str, completion: str | None = None
     ) -> None:
-        self._inflight.dec()
         tenant, model = ticket.principal.tenant.id, ticket.model.id
-        requests, prompt, completion_tokens = self._finished_counters(model, tenant, status)
-        requests.inc()
-        if usage is not None:
-            prompt.inc(usage.prompt_tokens)
-            completion_tokens.inc(usage.completion_tokens)
         if outcome == "killed":
-            self.metrics.killed.labels("stream").inc()
+            self.metrics.killed.labels((ticket.killed_by or "all").split(":")[0]).inc()
         record = {
             "time": self._now(),
+            "level": "info",
             "event": "request",
             "phase": "completed",
             "request_id": ticket.request_id,
+            "trace_id": _trace_id(),
+            "route": ticket.route,
+            "client": ticket.client,
             "tenant": tenant,
             "key_id": ticket.principal.key.id,
             "model": model,
+            "decision": "allow",
+            "reason": "admitted",
+            "stream": ticket.shaped.stream,
             "status": status,
             "outcome": outcome,
             "prompt_tokens": usage.prompt_tokens if usage else None,
@@ -166,6 +158,7 @@ class AuditTrail:
         self._write(
             {
                 "time": self._now(),
+                "level": "warning",
                 "event": "admin",
                 "actor": actor,
                 "action": action,

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import time
 from typing import Any
 
@@ -20,13 +21,17 @@ from ray import serve
 
 from service.api.admin import AdminApp
 from service.api.ingress import IngressApp
+from service.api.metrics_app import MetricsApp
 from service.api.replica import ReplicaApp
 from service.api.upstream import Upstream
 from service.config.schema import ModelConfig, ServiceConfig
 from service.config.settings import Settings
 from service.governance.factory import admin_token, build_governor
+from service.governance.figures import refresh_tenant_gauges
 from service.models.sources import resolve
-from service.observability.metrics import GovernanceMetrics
+from service.observability.logs import configure_logging
+from service.observability.metrics import ServiceMetrics
+from service.observability.tracing import build_tracing, otlp_protocol, otlp_traces_endpoint
 from service.serve import http
 from service.serve.autoscaling import INFLIGHT_METRIC
 from service.serve.registry import HEARTBEAT_INTERVAL_S, Announcement, RegistryDirectory, RegistryState
@@ -34,15 +39,9 @@ from service.serve.registry import HEARTBEAT_INTERVAL_S, Announcement, RegistryD
 log = logging.getLogger(__name__)
 
 
-def _configure_logging() -> None:
-    """Paddock's loggers write INFO and above to stderr in every replica process."""
-    root = logging.getLogger("service")
-    if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
-        root.propagate = False
+def _configure_logging(settings: Settings) -> None:
+    """Paddock's loggers write JSON lines (or text) to stderr in every replica process."""
+    configure_logging(settings.log_level, settings.log_format)
 
 
 @serve.deployment(
@@ -100,16 +99,18 @@ class ModelServer:
     async def __init__(self, model: dict[str, Any], token: str, registry: Any, max_body_bytes: int) -> None:
         from service.engine.vllm_engine import VLLMEngine  # only model replicas load vLLM
 
-        _configure_logging()
         settings = Settings()
+        _configure_logging(settings)
         self._model = ModelConfig.model_validate(model)
         self._registry = registry
         self._replica_id = serve.get_replica_context().replica_id.unique_id
         started = time.monotonic()
         path = await asyncio.to_thread(resolve, self._model, settings.cache_dir, log.info)
-        self._engine = VLLMEngine(self._model, path)
+        self._tracing = build_tracing(settings.tracing, os.environ, "replica")
+        otlp = (otlp_traces_endpoint(os.environ), otlp_protocol(os.environ)) if self._tracing else None
+        self._engine = VLLMEngine(self._model, path, otlp)
         await self._engine.start()
-        self._app = ReplicaApp(self._engine, token, self._model.max_ongoing_requests, max_body_bytes)
+        self._app = ReplicaApp(self._engine, token, self._model.max_ongoing_requests, max_body_bytes, self._tracing)
         host = settings.replica_host or ray.util.get_node_ip_address()
         sock = http.bind(host, 0)
         self._server, self._task = await http.start(self._app, sock)
@@ -157,6 +158,8 @@ class ModelServer:
         await _drain(lambda: self._app.inflight, 30.0)
         await http.stop(self._server, self._task)
         await self._engine.shutdown()
+        if self._tracing is not None:
+            self._tracing.shutdown()
 
 
 @serve.deployment
@@ -164,7 +167,7 @@ class Ingress:
     """The public OpenAI endpoint of the service (one per node or more, sharing the port)."""
 
     async def __init__(self, config: dict[str, Any], token: str, registry: Any, models: dict[str, Any]) -> None:
-        _configure_logging()
+        _configure_logging(Settings())
         self._config = ServiceConfig.model_validate(config)
         self._directory = RegistryDirectory(registry, models)
         try:
@@ -174,23 +177,45 @@ class Ingress:
         self._directory.start()
         settings = Settings()
         self._governor = None
-        self._admin: tuple[Any, asyncio.Task[None]] | None = None
+        self._servers: list[tuple[Any, asyncio.Task[None]]] = []
+        metrics = ServiceMetrics()
         if settings.governance == "on":
-            self._governor = build_governor(self._config, settings, GovernanceMetrics())
+            self._governor = build_governor(self._config, settings, metrics)
             await self._governor.start()
         else:
             log.warning("GOVERNANCE IS OFF: no API keys, limits, kill switch or audit. Local development only.")
-        self._app = IngressApp(self._config, self._directory, Upstream(token), self._governor, settings.trusted_proxies)
+        self._tracing = build_tracing(settings.tracing, os.environ, "ingress")
+        self._app = IngressApp(
+            self._config,
+            self._directory,
+            Upstream(token),
+            self._governor,
+            settings.trusted_proxies,
+            metrics,
+            self._tracing,
+        )
+        await self._start_metrics(metrics)
         ingress = self._config.ingress
         sock = http.bind(ingress.host, ingress.port, reuse_port=True)
         self._server, self._task = await http.start(self._app, sock, lifespan="on")
         if self._governor is not None:
             admin = self._config.admin
             admin_app = AdminApp(self._governor, self._governor.store, admin_token(settings))
-            self._admin = await http.start(admin_app, http.bind(admin.host, admin.port, reuse_port=True))
+            self._servers.append(await http.start(admin_app, http.bind(admin.host, admin.port, reuse_port=True)))
             log.info("Paddock admin API listening on http://%s:%d", admin.host, admin.port)
         _freeze_heap()
         log.info("Paddock ingress listening on http://%s:%d", ingress.host, ingress.port)
+
+    async def _start_metrics(self, metrics: ServiceMetrics) -> None:
+        """Paddock's metrics on ``metrics.port`` + this replica's rank on its node (one port per process)."""
+        config = self._config.metrics
+        if not config.enabled:
+            return
+        governor = self._governor
+        refresh = (lambda: refresh_tenant_gauges(governor, metrics.tenants)) if governor else None
+        port = config.port + serve.get_replica_context().rank.local_rank
+        self._servers.append(await http.start(MetricsApp(metrics, refresh), http.bind(config.host, port)))
+        log.info("Paddock metrics on http://%s:%d/metrics", config.host, port)
 
     async def check_health(self) -> None:
         if self._task.done():
@@ -200,11 +225,13 @@ class Ingress:
         self._app.draining = True
         await _drain(lambda: self._app.inflight, self._config.ingress.drain_timeout_s)
         await http.stop(self._server, self._task)
-        if self._admin is not None:
-            await http.stop(*self._admin)
+        for server in self._servers:
+            await http.stop(*server)
         if self._governor is not None:
             await self._governor.stop()
         await self._directory.stop()
+        if self._tracing is not None:
+            self._tracing.shutdown()
 
 
 def _freeze_heap() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from pathlib import Path
 
 import aiohttp
@@ -14,38 +15,25 @@ from aiohttp import web
 
 from bench.servers import free_port
 from service.api.ingress import IngressApp
+from service.api.metrics_app import MetricsApp
 from service.api.upstream import Endpoint, Upstream
 from service.config.loader import parse_config
 from service.governance.audit import AuditLog, verify
+from service.governance.figures import refresh_tenant_gauges
 from service.governance.governor import GovernanceOptions, Governor
 from service.governance.keys import hash_key, new_key
 from service.governance.records import AuditTrail
 from service.governance.reload import PolicyHolder
 from service.governance.store import open_store
 from service.governance.store.local import LocalStore
-from service.observability.metrics import GovernanceMetrics
+from service.observability.metrics import ServiceMetrics
+from tests.api.standins import OneReplicaDirectory
 
 TOKEN = "internal"
 CONFIG = parse_config(
     {"models": [{"id": "chat", "source": {"path": "/m"}, "kv_cache_memory": "1GiB", "max_model_len": 1000}]},
     "test",
 )
-
-
-class Directory:
-    ready = True
-
-    def __init__(self, endpoint: Endpoint) -> None:
-        self.endpoint = endpoint
-
-    def endpoints(self, model_id: str) -> list[Endpoint]:
-        return [self.endpoint]
-
-    async def wake(self, model_id: str, timeout_s: float) -> list[Endpoint]:
-        return [self.endpoint]
-
-    def report_unreachable(self, model_id: str, endpoint: Endpoint) -> None:
-        pass
 
 
 class Replica:
@@ -100,14 +88,20 @@ async def governed(tmp_path: Path):
     await runner.setup()
     replica_port = free_port()
     await web.TCPSite(runner, "127.0.0.1", replica_port).start()
-    metrics = GovernanceMetrics()
+    metrics = ServiceMetrics()
     store = LocalStore(tmp_path / "state.sqlite3")
     trail = AuditTrail(AuditLog(tmp_path / "audit"), metrics)
     governor = Governor(
         CONFIG, PolicyHolder(path), store, trail, metrics, GovernanceOptions(kill_poll_s=0.05, lease_ttl_s=3)
     )
     await governor.start()
-    app = IngressApp(CONFIG, Directory(Endpoint(f"http://127.0.0.1:{replica_port}", "r")), Upstream(TOKEN), governor)
+    app = IngressApp(
+        CONFIG,
+        OneReplicaDirectory(Endpoint(f"http://127.0.0.1:{replica_port}", "r")),
+        Upstream(TOKEN),
+        governor,
+        metrics=metrics,
+    )
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())
@@ -209,3 +203,65 @@ async def test_every_request_has_a_verifiable_audit_record(governed) -> None:
     records = [json.loads(line) for line in files[0].read_text().splitlines()]
     phases = [(r.get("phase"), r.get("status")) for r in records if r.get("event") == "request"]
     assert phases == [("admitted", None), ("completed", 200), ("refused", 401)]
+
+
+def sample(metrics: ServiceMetrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+async def test_request_metrics_by_model_tenant_route_status_and_decision(governed) -> None:
+    base, keys, _, governor, _ = governed
+    metrics = governor.trail.metrics
+    assert (await post(base, keys["a"], CHAT))[0] == 200
+    streamed = {**CHAT, "stream": True, "metadata": {"chunks": 4, "delay": 0.03}}
+    assert (await post(base, keys["a"], streamed))[0] == 200
+    assert (await post(base, "pk-wrong", CHAT))[0] == 401
+    assert (await post(base, keys["b"], {**CHAT, "model": "nope"}))[0] == 404
+
+    def requests(**labels: str) -> float | None:
+        return sample(metrics, "paddock_requests_total", **labels)
+
+    assert requests(model="chat", tenant="acme", route="chat", status="200", decision="admitted") == 2
+    assert requests(model="unknown", tenant="none", route="chat", status="401", decision="refused") == 1
+    assert requests(model="unknown", tenant="other", route="chat", status="404", decision="refused") == 1
+    assert sample(metrics, "paddock_tokens_total", model="chat", tenant="acme", kind="prompt") == 14
+    assert sample(metrics, "paddock_tokens_total", model="chat", tenant="acme", kind="completion") == 6
+    assert sample(metrics, "paddock_request_duration_seconds_count", model="chat", route="chat") == 2
+    assert sample(metrics, "paddock_time_to_first_token_seconds_count", model="chat") == 1  # streams only
+    itl_count = sample(metrics, "paddock_inter_token_latency_seconds_count", model="chat") or 0
+    itl_sum = sample(metrics, "paddock_inter_token_latency_seconds_sum", model="chat") or 0
+    assert itl_count >= 3 and itl_sum >= 0.03 * 3  # the replica paused 30 ms between its chunks
+    assert sample(metrics, "paddock_inflight_requests", model="chat", tenant="acme") == 0
+    assert sample(metrics, "paddock_governance_decisions_total", decision="deny", reason="invalid_api_key") == 1
+
+
+async def test_metrics_app_serves_tenant_limits_and_budget_use(governed) -> None:
+    base, keys, _, governor, _ = governed
+    metrics = governor.trail.metrics
+    assert (await post(base, keys["a"], CHAT))[0] == 200
+    app = MetricsApp(metrics, lambda: refresh_tenant_gauges(governor, metrics.tenants), refresh_interval_s=0)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                assert response.status == 200
+                assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+                text = await response.text()
+            async with session.get(f"http://127.0.0.1:{port}/v1/models") as response:
+                assert response.status == 404 and (await response.json())["error"]["code"] == "not_found"
+    finally:
+        server.should_exit = True
+        await task
+    assert 'paddock_tenant_limit{limit="tokens_per_minute",tenant="acme"} 5000.0' in text
+    assert 'paddock_tenant_budget_used_tokens{period="day",tenant="acme"} 10.0' in text
+    assert 'paddock_tenant_budget_used_tokens{period="month",tenant="other"} 0.0' in text
+    assert (
+        'paddock_requests_total{decision="admitted",model="chat",route="chat",status="200",tenant="acme"} 1.0' in text
+    )
+    # Prometheus' own linter accepts every metric we export
+    checked = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -26,7 +26,8 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from bench.servers import free_port
+from bench.servers import free_port, kill_strays
+from tests.otlp_receiver import OtlpReceiver
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = Path(__file__).with_name("paddock-e2e.yaml")
@@ -48,6 +49,7 @@ TENANTS = [
     },
     {"id": "thrifty", "models": [CHAT], "limits": {"tokens_per_day": 300}},
     {"id": "frozen", "enabled": False, "models": ["*"]},
+    {"id": "metered", "models": [CHAT], "limits": {"requests_per_minute": 2, "tokens_per_day": 100000}},
 ]
 KEYS = {
     "acme": ("acme", {}),
@@ -56,6 +58,8 @@ KEYS = {
     "strict": ("strict", {}),
     "thrifty": ("thrifty", {}),
     "frozen": ("frozen", {}),
+    "metered": ("metered", {}),
+    "metered-kill": ("metered", {}),
     "expired": ("acme", {"expires": "2020-01-01T00:00:00Z"}),
     "disabled": ("acme", {"enabled": False}),
 }
@@ -70,6 +74,9 @@ class Stack:
     state_dir: Path
     governance_file: Path
     keys: dict[str, str]
+    metrics_url: str = ""
+    ray_metrics_url: str = ""
+    traces: OtlpReceiver | None = None
     log: list[str] = field(default_factory=list)
 
     def client(self, key: str = "acme", **kw: object) -> OpenAI:
@@ -146,25 +153,9 @@ def _stop(stack: Stack) -> None:
         except ProcessLookupError:
             break
         time.sleep(2)
-    _kill_strays(stack.ray_dir)
+    kill_strays(stack.ray_dir)
     shutil.rmtree(stack.ray_dir, ignore_errors=True)
     shutil.rmtree(stack.state_dir, ignore_errors=True)
-
-
-def _kill_strays(ray_dir: Path) -> None:
-    """Ray daemons that left the process group still name their session directory."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(ray_dir) in cmdline:
-            try:
-                os.kill(int(proc.name), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def write_governance(path: Path) -> dict[str, str]:
@@ -183,7 +174,16 @@ def write_governance(path: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[Stack]:
+def otlp() -> Iterator[OtlpReceiver]:
+    """The OTLP receiver every process of the e2e stack sends its spans to (over gRPC)."""
+    receiver = OtlpReceiver()
+    receiver.start_grpc()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(otlp: OtlpReceiver) -> Iterator[Stack]:
     port, admin_port, metrics_port, ray_metrics_port = free_port(), free_port(), free_port(), free_port()
     ray_dir = Path(tempfile.mkdtemp(prefix="pd-ray-", dir="/tmp"))
     state_dir = Path(tempfile.mkdtemp(prefix="pd-state-", dir="/tmp"))
@@ -201,6 +201,11 @@ def stack() -> Iterator[Stack]:
         "PADDOCK_TRUSTED_PROXIES": '["127.0.0.1/32"]',
         "PADDOCK_RAY_TEMP_DIR": str(ray_dir),
         "PADDOCK_INTERNAL_TOKEN": INTERNAL_TOKEN,
+        "PADDOCK_TRACING": "on",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp.grpc_port}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
     }
@@ -221,6 +226,9 @@ def stack() -> Iterator[Stack]:
         state_dir=state_dir,
         governance_file=governance_file,
         keys=keys,
+        metrics_url=f"http://127.0.0.1:{metrics_port}",
+        ray_metrics_url=f"http://127.0.0.1:{ray_metrics_port}",
+        traces=otlp,
     )
     threading.Thread(target=_pump, args=(process, stack.log), daemon=True).start()
     try:

@@ -225,6 +225,8 @@ def test_admin_api_needs_its_own_token(stack) -> None:
         assert http.get("/admin/v1/kills").status_code == 401
         tenant_key = {"authorization": f"Bearer {stack.keys['acme']}"}
         assert http.post("/admin/v1/disable", json={"scope": "all"}, headers=tenant_key).status_code == 401
+        assert http.get("/metrics").status_code == 401  # metrics are on the metrics port, not here
+    with httpx.Client(base_url=stack.metrics_url) as http:
         metrics = http.get("/metrics").text  # the governance counters, for the dashboards
         assert 'paddock_governance_decisions_total{decision="allow",reason="admitted"}' in metrics
         assert 'paddock_governance_decisions_total{decision="deny",reason="invalid_api_key"}' in metrics

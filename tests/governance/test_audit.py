@@ -106,6 +106,18 @@ def test_write_returns_the_record_and_mirrors_it_to_stdout(tmp_path: Path) -> No
         log.write({"event": "late"})
 
 
+def test_a_record_kept_off_stdout_is_still_chained_in_the_file(tmp_path: Path) -> None:
+    stdout = io.StringIO()
+    log = AuditLog(tmp_path, stdout=stdout)
+    log.write({"event": "request", "phase": "admitted"}, echo=False)
+    log.write({"event": "request", "phase": "completed"})
+    log.close()
+    phases = [json.loads(line).get("phase") for line in lines(log.path)]
+    assert phases == [None, "admitted", "completed", None]  # chain.start … chain.end
+    assert [json.loads(line).get("phase") for line in stdout.getvalue().splitlines()] == [None, "completed", None]
+    assert verify([log.path]) == []
+
+
 def test_a_line_is_the_records_canonical_json_with_its_hash_spliced_in_last(tmp_path: Path) -> None:
     log = AuditLog(tmp_path, writer_id="w1")
     written = log.write({**REQUEST, "nested": {"b": [1.5, None, True, -3], "a": 'é\n\\"x'}, "z": 10**20})

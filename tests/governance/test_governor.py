@@ -16,7 +16,7 @@ from service.governance.refusal import Refusal
 from service.governance.reload import PolicyHolder
 from service.governance.store.base import StoreUnavailable, Usage
 from service.governance.store.local import LocalStore
-from service.observability.metrics import GovernanceMetrics
+from service.observability.metrics import ServiceMetrics
 
 CONFIG = parse_config(
     {
@@ -50,7 +50,7 @@ async def gov(tmp_path: Path):
     ]
     path = tmp_path / "g.yaml"
     path.write_text(yaml.safe_dump({"tenants": tenants}))
-    metrics = GovernanceMetrics()
+    metrics = ServiceMetrics()
     governor = Governor(
         CONFIG,
         PolicyHolder(path),
