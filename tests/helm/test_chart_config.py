@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -301,3 +302,23 @@ def test_pod_templates_do_not_change_with_the_chart_version(tmp_path: Path) -> N
     assert before.one("RayService")["spec"] == after.one("RayService")["spec"]
     template = alone_before.one("Deployment")["spec"]["template"]
     assert template == alone_after.one("Deployment")["spec"]["template"]
+
+
+def test_env_references_resolve(rendered: dict[str, Rendered]) -> None:
+    """$(VAR) in a value refers to a variable defined earlier (or Kubernetes leaves it verbatim)."""
+    traced = 0
+    for result in rendered.values():
+        containers = [d["spec"]["template"]["spec"]["containers"][0] for d in result.of_kind("Deployment")]
+        if result.of_kind("RayService"):
+            containers += [spec["containers"][0] for spec in ray_pod_specs(result)]
+        for container in containers:
+            defined: set[str] = set()
+            for item in container.get("env", []):
+                for ref in re.findall(r"\$\((\w+)\)", item.get("value", "")):
+                    assert ref in defined, f"{result.name}: {item['name']} uses $({ref}) before it is defined"
+                defined.add(item["name"])
+            variables = env(container)
+            if variables.get("PADDOCK_TRACING") == "true":
+                assert variables["OTEL_EXPORTER_OTLP_ENDPOINT"] and variables["OTEL_SERVICE_NAME"] == "paddock"
+                traced += 1
+    assert traced

@@ -113,6 +113,8 @@ RENDER_TIME_FAILURES = [
         "needs accessModes [ReadWriteMany]",
     ),
     (["--set", "mode=rayservice", "--set", "state.persistentVolumeClaim.existingClaim=x"], "is for standalone mode"),
+    (["--set", "monitoring.serviceMonitor.enabled=true", "--set", "monitoring.podMonitor.enabled=true"], "not both"),
+    (["--set", "tracing.enabled=true"], "tracing.otlpEndpoint is required"),
 ]
 
 

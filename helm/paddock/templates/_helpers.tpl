@@ -207,6 +207,36 @@ Environment of every Paddock container (the standalone server, every Ray node): 
 - name: PADDOCK_GOVERNANCE
   value: "off"
 {{- end }}
+- name: PADDOCK_LOG_LEVEL
+  value: {{ .Values.logging.level | quote }}
+- name: PADDOCK_LOG_FORMAT
+  value: {{ .Values.logging.format | quote }}
+{{- if .Values.tracing.enabled }}
+- name: PADDOCK_TRACING
+  value: "true"
+- name: HOST_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.hostIP
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ .Values.tracing.otlpEndpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ .Values.tracing.protocol | quote }}
+- name: OTEL_SERVICE_NAME
+  value: {{ .Values.tracing.serviceName | quote }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ printf "k8s.namespace.name=%s,k8s.pod.name=$(POD_NAME),service.namespace=%s" .Release.Namespace .Release.Name | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ .Values.tracing.sampler | quote }}
+{{- with .Values.tracing.samplerArg }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -281,6 +311,9 @@ Render-time checks that the schema cannot express.
 {{- end }}
 {{- if and .Values.governance.enabled .Values.governance.existingSecret (or .Values.governance.adminToken .Values.governance.keySecret.value .Values.governance.auditKey.value) }}
 {{- fail "governance.existingSecret is set: put adminToken, keySecret and auditKey in that Secret, not in values" }}
+{{- end }}
+{{- if and .Values.tracing.enabled (not .Values.tracing.otlpEndpoint) }}
+{{- fail "tracing.otlpEndpoint is required when tracing is enabled (e.g. http://otel-collector.observability:4318)" }}
 {{- end }}
 {{- if and .Values.rayService.gcsFaultTolerance.enabled (not .Values.rayService.gcsFaultTolerance.redisAddress) }}
 {{- fail "rayService.gcsFaultTolerance.redisAddress is required when GCS fault tolerance is enabled" }}
