@@ -71,8 +71,19 @@ def custom_resources(rendered: dict[str, Rendered]) -> list[tuple[str, dict[str,
 
 def test_every_kind_is_rendered_by_some_scenario(rendered: dict[str, Rendered]) -> None:
     kinds = {d["kind"] for _, d in custom_resources(rendered)}
-    # PrometheusRule needs files/rules/*.yaml (the dashboards branch): covered below either way.
     assert {"RayService", "ServiceMonitor", "PodMonitor"} <= kinds
+    # PrometheusRule needs rule files in files/rules/ (they come from the dashboards work); without
+    # them, test_files_become_prometheus_rule_and_dashboards covers it with sample files.
+    if list((CHART / "files" / "rules").glob("*.yaml")):
+        assert "PrometheusRule" in kinds
+    if list((CHART / "files" / "dashboards").glob("*.json")):
+        dashboards = [
+            d
+            for r in rendered.values()
+            for d in r.of_kind("ConfigMap")
+            if d["metadata"]["labels"].get("grafana_dashboard") == "1"
+        ]
+        assert len(dashboards) >= len(list((CHART / "files" / "dashboards").glob("*.json")))
 
 
 def test_custom_resources_match_their_crds(rendered: dict[str, Rendered], crds_dir: Path) -> None:
