@@ -249,6 +249,8 @@ def test_rayservice_cluster(rendered: dict[str, Rendered]) -> None:
         spec = result.one("RayService")["spec"]
         cluster = spec["rayClusterConfig"]
         assert cluster["rayVersion"] == "2.60.0"
+        drain = yaml.safe_load(spec["serveConfigV2"])["applications"][0]["args"]["ingress"]["drain_timeout_s"]
+        assert spec["rayClusterDeletionDelaySeconds"] > drain  # the old cluster outlives its streams
         assert cluster["authOptions"]["mode"] == "token"
         head = cluster["headGroupSpec"]
         assert head["rayStartParams"]["metrics-export-port"] == "8080"
