@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import copy
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pytest
 import yaml
 from chart_tools import CHART, Rendered, helm_template, parse
 
@@ -132,6 +134,7 @@ def test_files_become_prometheus_rule_and_dashboards(tmp_path: Path, crds_dir: P
     rule = result.one("PrometheusRule")
     assert "zz-sample" in [g["name"] for g in rule["spec"]["groups"]]
     assert not errors(crds_dir, rule)
+    promtool_check(rule, tmp_path)
     dashboard = result.one("ConfigMap", "paddock-dashboard-zz-sample")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert dashboard["data"]["zz_sample.json"] == '{"title": "zz sample", "panels": []}'
@@ -139,3 +142,20 @@ def test_files_become_prometheus_rule_and_dashboards(tmp_path: Path, crds_dir: P
     (chart / "files" / "rules" / "zz-broken.yaml").write_text("groups: [\n")
     broken = helm_template([], values, chart=chart, check=False)
     assert broken.returncode != 0 and "zz-broken.yaml" in broken.stderr
+
+
+def promtool_check(rule: dict[str, Any], tmp_path: Path) -> None:
+    """The PrometheusRule's groups are a valid Prometheus rule file (promtool, from install-tools.sh)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is missing: run `bash scripts/install-tools.sh` (make test does)")
+    path = tmp_path / f"{rule['metadata']['name']}-rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_rendered_prometheus_rules_pass_promtool(rendered: dict[str, Rendered], tmp_path: Path) -> None:
+    for _, doc in custom_resources(rendered):
+        if doc["kind"] == "PrometheusRule":
+            promtool_check(doc, tmp_path)
