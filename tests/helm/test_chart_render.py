@@ -115,6 +115,7 @@ RENDER_TIME_FAILURES = [
     (["--set", "mode=rayservice", "--set", "state.persistentVolumeClaim.existingClaim=x"], "is for standalone mode"),
     (["--set", "monitoring.serviceMonitor.enabled=true", "--set", "monitoring.podMonitor.enabled=true"], "not both"),
     (["--set", "tracing.enabled=true"], "tracing.otlpEndpoint is required"),
+    (["--set", "mode=rayservice", "--set", "ingress.max_replicas_per_node=2"], "must be 1 (or null) in rayservice"),
 ]
 
 

@@ -312,6 +312,9 @@ Render-time checks that the schema cannot express.
 {{- if and .Values.governance.enabled .Values.governance.existingSecret (or .Values.governance.adminToken .Values.governance.keySecret.value .Values.governance.auditKey.value) }}
 {{- fail "governance.existingSecret is set: put adminToken, keySecret and auditKey in that Secret, not in values" }}
 {{- end }}
+{{- if and (eq .Values.mode "rayservice") .Values.ingress.max_replicas_per_node (ne (int .Values.ingress.max_replicas_per_node) 1) }}
+{{- fail "ingress.max_replicas_per_node must be 1 (or null) in rayservice mode: one Paddock ingress per Ray node owns the serve port, its /-/healthz and metrics port" }}
+{{- end }}
 {{- if and .Values.tracing.enabled (not .Values.tracing.otlpEndpoint) }}
 {{- fail "tracing.otlpEndpoint is required when tracing is enabled (e.g. http://otel-collector.observability:4318)" }}
 {{- end }}
