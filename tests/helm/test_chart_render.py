@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 from chart_tools import (
@@ -153,3 +155,26 @@ def test_kubernetes_version_floor() -> None:
         helm_template([], ["--kube-version", version])
     result = helm_template([], ["--kube-version", "1.29.0"], check=False)
     assert result.returncode != 0 and "kubeVersion" in result.stderr
+
+
+def test_schema_closes_every_object_it_defines() -> None:
+    """values.schema.json is draft-07 and every object with listed properties rejects other keys."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    jsonschema.Draft7Validator.check_schema(schema)
+    open_objects = []
+
+    def walk(node: object, path: str) -> None:
+        if isinstance(node, dict):
+            if "properties" in node and node.get("additionalProperties") is not False:
+                open_objects.append(path or "(top)")
+            for key, value in node.items():
+                walk(value, f"{path}/{key}")
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{path}/{index}")
+
+    walk(schema, "")
+    assert not open_objects
+    # The chart's own values.yaml is valid against it (helm checks this too; here, independently).
+    jsonschema.Draft7Validator(schema).validate(yaml.safe_load((CHART / "values.yaml").read_text()))
