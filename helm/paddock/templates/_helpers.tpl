@@ -278,6 +278,9 @@ Environment of every Paddock container (the standalone server, every Ray node): 
         path: {{ .Values.governance.stateStore.redis.passwordKey }}
 {{- end }}
 {{- end }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{- define "paddock.volumeMounts" -}}
@@ -296,6 +299,9 @@ Environment of every Paddock container (the standalone server, every Ray node): 
   mountPath: {{ include "paddock.redisSecretDir" . }}
   readOnly: true
 {{- end }}
+{{- end }}
+{{- with .Values.extraVolumeMounts }}
+{{ toYaml . }}
 {{- end }}
 {{- end }}
 
