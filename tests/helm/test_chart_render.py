@@ -178,3 +178,12 @@ def test_schema_closes_every_object_it_defines() -> None:
     assert not open_objects
     # The chart's own values.yaml is valid against it (helm checks this too; here, independently).
     jsonschema.Draft7Validator(schema).validate(yaml.safe_load((CHART / "values.yaml").read_text()))
+
+
+def test_packaged_chart_renders(tmp_path: Path) -> None:
+    """`helm package` keeps what the chart needs (schema, templates, files) and the package renders."""
+    run([tool(HELM), "package", CHART, "--destination", tmp_path])
+    [package] = list(tmp_path.glob("paddock-*.tgz"))
+    result = helm_template([], ["--set", "ingress.porrt=1"], chart=package, check=False)
+    assert "Additional property porrt is not allowed" in result.stderr  # the schema is packaged
+    assert parse("package", helm_template([], chart=package).stdout).one("Deployment")
