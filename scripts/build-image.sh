@@ -13,6 +13,7 @@
 #   ENGINE=cpu|cuda            engine extra (default cpu; cuda needs a CUDA base)
 #   TARGET=runtime|demo        Dockerfile stage (demo bakes the two default models)
 #   IMAGE=localhost/paddock:<version>-<engine>[-demo]
+#   SOURCE=<repository URL>     OCI source label (default: git remote origin)
 #   BASE_IMAGE=...             skip debootstrap and use this (local) image
 #   DEBIAN_MIRROR=http://deb.debian.org/debian
 #   BUILDAH_ISOLATION=chroot   (default: chroot, works inside VMs/containers)
@@ -30,6 +31,8 @@ BASE_IMAGE=${BASE_IMAGE:-$LOCAL_BASE}
 BUILDAH_ISOLATION=${BUILDAH_ISOLATION:-chroot}
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)
 REVISION=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && REVISION=$REVISION-dirty
+SOURCE=${SOURCE:-$(git remote get-url origin 2>/dev/null || true)}
 suffix=$ENGINE
 [ "$TARGET" = demo ] && suffix=$ENGINE-demo
 IMAGE=${IMAGE:-localhost/paddock:$VERSION-$suffix}
@@ -110,13 +113,14 @@ fi
 
 log "building $IMAGE (target $TARGET, engine $ENGINE, base $BASE_IMAGE)"
 start=$(date +%s)
-"${BUILDAH[@]}" bud --format docker --pull=never --layers \
+"${BUILDAH[@]}" bud --format docker --pull=never --layers --force-rm \
     --isolation "$BUILDAH_ISOLATION" \
     "${vols[@]}" "${pip_args[@]}" \
     --build-arg BASE_IMAGE="$BASE_IMAGE" \
     --build-arg ENGINE="$ENGINE" \
     --build-arg VERSION="$VERSION" \
     --build-arg REVISION="$REVISION" \
+    --build-arg SOURCE="$SOURCE" \
     --target "$TARGET" \
     -t "$IMAGE" .
 end=$(date +%s)
