@@ -6,7 +6,8 @@
 #   2. builds a Debian 12 (bookworm, python3.11) base rootfs with debootstrap and
 #      imports it as localhost/paddock-base:bookworm (once; reused afterwards);
 #   3. runs `buildah bud` on the Dockerfile with that base, this machine's local
-#      wheels (/opt/wheels, /opt/pypi*) bind-mounted read-only for pip.
+#      wheels (/opt/wheels, /opt/pypi*) bind-mounted read-only for pip;
+#   4. smoke-tests the image: `paddock --help` and `import vllm, ray.serve`.
 #
 # Everything it writes besides buildah's image store lives under .cache/image/.
 # Knobs (environment):
@@ -18,6 +19,7 @@
 #   DEBIAN_MIRROR=http://deb.debian.org/debian
 #   BUILDAH_ISOLATION=chroot   (default: chroot, works inside VMs/containers)
 #   BUILDAH_STORAGE_DRIVER=    e.g. vfs where overlay is unavailable
+#   SMOKE=0                    skip the smoke test (paddock --help, import vllm)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -127,3 +129,14 @@ end=$(date +%s)
 log "built $IMAGE in $((end - start)) s"
 "${BUILDAH[@]}" images "$IMAGE" >&2
 echo "$IMAGE $((end - start))s" >"$CACHE/last-build.txt"
+
+# -- 4. smoke test: the CLI starts and vLLM imports, as the image's user --------
+if [ "${SMOKE:-1}" = 1 ]; then
+    ctr=$("${BUILDAH[@]}" from --pull=never "$IMAGE")
+    trap '"${BUILDAH[@]}" rm "$ctr" >/dev/null 2>&1 || true' EXIT
+    run=("${BUILDAH[@]}" run --isolation "$BUILDAH_ISOLATION" "$ctr" --)
+    "${run[@]}" paddock --help >/dev/null
+    "${run[@]}" python -c 'import os, vllm, ray.serve, torch
+print(f"smoke: uid {os.getuid()}, vllm {vllm.__version__}, torch {torch.__version__}")'
+    log "smoke test passed (paddock --help; import vllm, ray.serve)"
+fi
