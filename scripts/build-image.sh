@@ -87,6 +87,9 @@ if [ "$BASE_IMAGE" = "$LOCAL_BASE" ] && ! "${BUILDAH[@]}" inspect --type image "
 fi
 
 # -- 3. the image --------------------------------------------------------------
+# VERSION/REVISION/SOURCE go in as build args (the Dockerfile's LABEL, for other
+# builders) and again as --label: buildah 1.28's layer cache reuses a LABEL step
+# whose build-arg values changed, leaving stale labels.
 # Local package sources: pip inside the build sees the same wheels as pip here.
 pip_args=()
 vols=()
@@ -123,6 +126,9 @@ start=$(date +%s)
     --build-arg VERSION="$VERSION" \
     --build-arg REVISION="$REVISION" \
     --build-arg SOURCE="$SOURCE" \
+    --label org.opencontainers.image.version="$VERSION" \
+    --label org.opencontainers.image.revision="$REVISION" \
+    --label org.opencontainers.image.source="$SOURCE" \
     --target "$TARGET" \
     -t "$IMAGE" .
 end=$(date +%s)
