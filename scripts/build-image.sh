@@ -87,9 +87,7 @@ if [ "$BASE_IMAGE" = "$LOCAL_BASE" ] && ! "${BUILDAH[@]}" inspect --type image "
 fi
 
 # -- 3. the image --------------------------------------------------------------
-# VERSION/REVISION/SOURCE go in as build args (the Dockerfile's LABEL, for other
-# builders) and again as --label: buildah 1.28's layer cache reuses a LABEL step
-# whose build-arg values changed, leaving stale labels.
+# VERSION/REVISION/SOURCE go in as build args, for the Dockerfile's LABEL.
 # Local package sources: pip inside the build sees the same wheels as pip here.
 pip_args=()
 vols=()
@@ -126,11 +124,20 @@ start=$(date +%s)
     --build-arg VERSION="$VERSION" \
     --build-arg REVISION="$REVISION" \
     --build-arg SOURCE="$SOURCE" \
-    --label org.opencontainers.image.version="$VERSION" \
-    --label org.opencontainers.image.revision="$REVISION" \
-    --label org.opencontainers.image.source="$SOURCE" \
     --target "$TARGET" \
     -t "$IMAGE" .
+# buildah 1.28's layer cache reuses a LABEL step (and ignores --label) when only
+# build-arg values changed: stale revision labels. Re-label if they are stale.
+want="$VERSION|$REVISION|$SOURCE"
+fmt='{{index .Docker.Config.Labels "org.opencontainers.image.version"}}|{{index .Docker.Config.Labels "org.opencontainers.image.revision"}}|{{index .Docker.Config.Labels "org.opencontainers.image.source"}}'
+if [ "$("${BUILDAH[@]}" inspect --type image --format "$fmt" "$IMAGE")" != "$want" ]; then
+    log "re-labelling $IMAGE (cached LABEL step): revision $REVISION"
+    ctr=$("${BUILDAH[@]}" from --pull=never "$IMAGE")
+    "${BUILDAH[@]}" config --label org.opencontainers.image.version="$VERSION" \
+        --label org.opencontainers.image.revision="$REVISION" \
+        --label org.opencontainers.image.source="$SOURCE" "$ctr"
+    "${BUILDAH[@]}" commit --quiet --rm --format docker "$ctr" "$IMAGE" >/dev/null
+fi
 end=$(date +%s)
 log "built $IMAGE in $((end - start)) s"
 "${BUILDAH[@]}" images "$IMAGE" >&2
