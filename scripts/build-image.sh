@@ -147,9 +147,27 @@ echo "$IMAGE $((end - start))s" >"$CACHE/last-build.txt"
 if [ "${SMOKE:-1}" = 1 ]; then
     ctr=$("${BUILDAH[@]}" from --pull=never "$IMAGE")
     trap '"${BUILDAH[@]}" rm "$ctr" >/dev/null 2>&1 || true' EXIT
-    run=("${BUILDAH[@]}" run --isolation "$BUILDAH_ISOLATION" "$ctr" --)
-    "${run[@]}" paddock --help >/dev/null
-    "${run[@]}" python -c 'import os, vllm, ray.serve, torch
+    # buildah 1.28 `run` now and then fails before the command starts, with
+    # "Close_Fd sealing memfd copy: Device or resource busy": retried, that only.
+    run() {
+        local attempt err
+        for attempt in 1 2 3; do
+            err=$(mktemp)
+            if "${BUILDAH[@]}" run --isolation "$BUILDAH_ISOLATION" "$ctr" -- "$@" 2>"$err"; then
+                rm -f "$err"
+                return 0
+            fi
+            if ! grep -q "sealing memfd" "$err" || [ "$attempt" = 3 ]; then
+                cat "$err" >&2
+                rm -f "$err"
+                return 1
+            fi
+            rm -f "$err"
+            log "buildah run: memfd sealing race, retrying"
+        done
+    }
+    run paddock --help >/dev/null
+    run python -c 'import os, vllm, ray.serve, torch
 print(f"smoke: uid {os.getuid()}, vllm {vllm.__version__}, torch {torch.__version__}")'
     log "smoke test passed (paddock --help; import vllm, ray.serve)"
 fi
