@@ -18,10 +18,8 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
-import uvicorn
 from aiohttp import web
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -32,7 +30,7 @@ from service.api.upstream import Endpoint, Upstream
 from service.config.loader import parse_config
 from service.observability.metrics import ServiceMetrics
 from service.observability.tracing import Tracing
-from tests.api.standins import OneReplicaDirectory
+from tests.api.standins import OneReplicaDirectory, serve
 
 CHUNKS = 64
 GAP_S = 0.001  # between chunks, so that each one travels on its own (a decode step is ~10-30 ms)
@@ -52,15 +50,6 @@ async def replica(request: web.Request) -> web.StreamResponse:
         await response.write(b"data: " + json.dumps({"choices": [], "usage": usage}).encode() + b"\n\n")
     await response.write(b"data: [DONE]\n\n")
     return response
-
-
-async def serve(app: Any) -> tuple[str, uvicorn.Server, asyncio.Task[None]]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", http="httptools"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    return f"http://127.0.0.1:{port}", server, task
 
 
 async def one(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> tuple[float, float]:
@@ -96,7 +85,7 @@ async def run(requests: int, workdir: Path) -> dict[str, dict[str, float]]:
     }
     servers = {name: await serve(app) for name, app in apps.items()}
     urls = {"direct": f"{endpoint.url}/v1/chat/completions"}
-    urls |= {name: base + "/v1/chat/completions" for name, (base, _, _) in servers.items()}
+    urls |= {name: served.url + "/v1/chat/completions" for name, served in servers.items()}
     auth = {"authorization": f"Bearer {keys[0]}"}
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in urls}
     async with aiohttp.ClientSession() as session:
@@ -105,9 +94,8 @@ async def run(requests: int, workdir: Path) -> dict[str, dict[str, float]]:
                 sample = await one(session, url, auth if name.startswith("governed") else {})
                 if i >= 50:  # warm-up
                     samples[name].append(sample)
-    for _, server, task in servers.values():
-        server.should_exit = True
-        await task
+    for served in servers.values():
+        await served.stop()
     await governor.stop()
     await runner.cleanup()
     tracing.shutdown()

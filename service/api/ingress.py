@@ -33,13 +33,13 @@ from service.api.asgi import (
     send_json,
 )
 from service.api.upstream import (
-    FORWARDED_HEADERS,
     MAX_PROMPT_TOKENS_HEADER,
     Endpoint,
     RelayState,
     Upstream,
     UpstreamUnreachable,
     end_early,
+    forwarded_headers,
     read_error,
     relay,
 )
@@ -147,14 +147,13 @@ class IngressApp:
 
     @staticmethod
     def _server_span(tracing: Tracing, scope: Scope, rid: str, obs: Observation) -> Any:
-        carrier = {name.decode(): value for name in FORWARDED_HEADERS if (value := header(scope, name)) is not None}
         attributes = {
             "http.request.method": scope["method"],
             "url.path": scope["path"],
             "gen_ai.operation.name": OPERATION_NAMES[obs.route],
             "paddock.request_id": rid,
         }
-        return tracing.server_span(f"{OPERATION_NAMES[obs.route]}", tracing.extract(carrier), attributes)
+        return tracing.server_span(OPERATION_NAMES[obs.route], tracing.extract(forwarded_headers(scope)), attributes)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -292,14 +291,8 @@ class IngressApp:
             if span is not None:
                 span.set_attributes({"paddock.tenant": obs.tenant, "paddock.decision": obs.decision})
                 span.end()
-        forwarded = {REQUEST_ID_HEADER: rid}
-        if obs.span is not None:
-            forwarded.update(self._tracing.inject(obs.span))  # type: ignore[union-attr]
-        else:
-            for name in FORWARDED_HEADERS:
-                value = header(scope, name)
-                if value is not None:
-                    forwarded[name.decode()] = value
+        trace = self._tracing.inject(obs.span) if obs.span is not None else forwarded_headers(scope)  # type: ignore[union-attr]
+        forwarded = {REQUEST_ID_HEADER: rid, **trace}
         inflight = self._observe.inflight(obs)
         inflight.inc()
         self._inflight += 1

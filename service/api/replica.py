@@ -29,7 +29,7 @@ from service.api.asgi import (
     send_json,
     until_disconnect,
 )
-from service.api.upstream import FORWARDED_HEADERS, INTERNAL_TOKEN_HEADER, MAX_PROMPT_TOKENS_HEADER
+from service.api.upstream import INTERNAL_TOKEN_HEADER, MAX_PROMPT_TOKENS_HEADER, forwarded_headers
 from service.engine.base import OPERATIONS, CallContext, Engine, EngineDead, JSONResult, StreamResult
 from service.observability.tracing import Tracing, finish_span
 
@@ -99,9 +99,8 @@ class ReplicaApp:
         self, tracing: Tracing, operation, scope: Scope, receive: Receive, send: Send, rid: str, headers: list
     ) -> None:  # type: ignore[no-untyped-def]
         """The replica's server span, continuing the ingress's trace; the engine's spans go under it."""
-        carrier = {name.decode(): value for name in FORWARDED_HEADERS if (value := header(scope, name)) is not None}
         attributes = {"paddock.request_id": rid, "gen_ai.request.model": self._engine.model_id}
-        span = tracing.server_span(f"replica {operation}", tracing.extract(carrier), attributes)
+        span = tracing.server_span(f"replica {operation}", tracing.extract(forwarded_headers(scope)), attributes)
         status = 0
 
         async def observed(message: MutableMapping[str, Any]) -> None:

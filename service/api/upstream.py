@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from service.api.asgi import Receive, Send, encode_headers, until_disconnect
+from service.api.asgi import Receive, Scope, Send, encode_headers, header, until_disconnect
 from service.api.errors import APIError, internal, normalise_error_body
 from service.api.usage import UsageTap
 
@@ -23,6 +23,11 @@ MAX_PROMPT_TOKENS_HEADER = "x-paddock-max-prompt-tokens"
 # Request headers worth carrying to the replica (trace context, request id).
 FORWARDED_HEADERS = (b"traceparent", b"tracestate", b"baggage")
 _ERROR_BODY_LIMIT = 64 * 1024
+
+
+def forwarded_headers(scope: Scope) -> dict[str, str]:
+    """The request's trace-context headers (``FORWARDED_HEADERS``) that it carries, by name."""
+    return {name.decode(): value for name in FORWARDED_HEADERS if (value := header(scope, name)) is not None}
 
 
 @dataclass(eq=False)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from service.governance.store.base import StoreUnavailable
-from service.observability.metrics import LIMIT_NAMES, TenantGauges
+from service.observability.metrics import TenantGauges
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +24,7 @@ async def refresh_tenant_gauges(governor: Any, gauges: TenantGauges, now: dateti
     limits = {
         (tenant.id, name): float(value)
         for tenant in tenants
-        for name in LIMIT_NAMES
-        if (value := getattr(tenant.limits, name)) is not None
+        for name, value in tenant.limits.model_dump(exclude_none=True).items()
     }
     today = (now or datetime.now(UTC)).strftime("%Y-%m-%d")
     try:

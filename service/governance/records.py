@@ -34,6 +34,11 @@ def _trace_id() -> str | None:
     return obs.trace_id if obs is not None else None
 
 
+def _scope_kind(scope: str | None) -> str:
+    """``model:x`` -> ``model``: the bounded label of a kill scope."""
+    return (scope or "all").split(":")[0]
+
+
 def prompt_text(body: dict[str, Any]) -> str:
     fields = {k: body[k] for k in ("instructions", "messages", "prompt", "input") if k in body}
     return redact(json.dumps(fields, ensure_ascii=False))
@@ -75,7 +80,7 @@ class AuditTrail:
         if reason in ("rate_limited", "insufficient_quota"):
             self.metrics.rate_limited.labels(tenant or "unknown", detail or reason).inc()
         if reason == "killed":
-            self.metrics.killed.labels((detail or "all").split(":")[0]).inc()
+            self.metrics.killed.labels(_scope_kind(detail)).inc()
         self._write(
             {
                 "time": self._now(),
@@ -127,7 +132,7 @@ class AuditTrail:
     ) -> None:
         tenant, model = ticket.principal.tenant.id, ticket.model.id
         if outcome == "killed":
-            self.metrics.killed.labels((ticket.killed_by or "all").split(":")[0]).inc()
+            self.metrics.killed.labels(_scope_kind(ticket.killed_by)).inc()
         record = {
             "time": self._now(),
             "level": "info",

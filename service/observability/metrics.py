@@ -11,7 +11,6 @@ each node's Ray metrics agent (``ray_vllm_*``, ``ray_serve_*``).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator
 from importlib import metadata
 
@@ -26,13 +25,6 @@ STORE_OPERATIONS = ("admit", "settle", "renew", "kills", "usage")
 KILL_SCOPES = ("all", "model", "tenant", "key")
 NO_TENANT = "none"  # unauthenticated, or governance off
 UNKNOWN_MODEL = "unknown"  # the request named no model this service serves
-LIMIT_NAMES = (
-    "requests_per_minute",
-    "tokens_per_minute",
-    "max_concurrent_requests",
-    "tokens_per_day",
-    "tokens_per_month",
-)
 
 
 def paddock_version() -> str:
@@ -52,10 +44,9 @@ class TenantGauges:
     def __init__(self) -> None:
         self.limits: dict[tuple[str, str], float] = {}
         self.used: dict[tuple[str, str], float] = {}
-        self.refreshed = 0.0
 
     def update(self, limits: dict[tuple[str, str], float], used: dict[tuple[str, str], float]) -> None:
-        self.limits, self.used, self.refreshed = limits, used, time.monotonic()
+        self.limits, self.used = limits, used
 
     def describe(self) -> Iterable[Metric]:
         return ()

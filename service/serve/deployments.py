@@ -39,11 +39,6 @@ from service.serve.registry import HEARTBEAT_INTERVAL_S, Announcement, RegistryD
 log = logging.getLogger(__name__)
 
 
-def _configure_logging(settings: Settings) -> None:
-    """Paddock's loggers write JSON lines (or text) to stderr in every replica process."""
-    configure_logging(settings.log_level, settings.log_format)
-
-
 @serve.deployment(
     num_replicas=1,
     ray_actor_options={"num_cpus": 0},
@@ -100,7 +95,7 @@ class ModelServer:
         from service.engine.vllm_engine import VLLMEngine  # only model replicas load vLLM
 
         settings = Settings()
-        _configure_logging(settings)
+        configure_logging(settings.log_level, settings.log_format)
         self._model = ModelConfig.model_validate(model)
         self._registry = registry
         self._replica_id = serve.get_replica_context().replica_id.unique_id
@@ -167,7 +162,8 @@ class Ingress:
     """The public OpenAI endpoint of the service (one per node or more, sharing the port)."""
 
     async def __init__(self, config: dict[str, Any], token: str, registry: Any, models: dict[str, Any]) -> None:
-        _configure_logging(Settings())
+        settings = Settings()
+        configure_logging(settings.log_level, settings.log_format)
         self._config = ServiceConfig.model_validate(config)
         self._directory = RegistryDirectory(registry, models)
         try:
@@ -175,7 +171,6 @@ class Ingress:
         except Exception as error:  # noqa: BLE001 - /ready says so until the registry answers
             log.warning("registry not reachable yet: %s", error)
         self._directory.start()
-        settings = Settings()
         self._governor = None
         self._servers: list[tuple[Any, asyncio.Task[None]]] = []
         metrics = ServiceMetrics()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from service.api.upstream import Endpoint
+from service.serve import http
 
 
 class OneReplicaDirectory:
@@ -21,3 +24,19 @@ class OneReplicaDirectory:
 
     def report_unreachable(self, model_id: str, endpoint: Endpoint) -> None:
         pass
+
+
+class Served:
+    """An ASGI app served on a loopback port by the service's own uvicorn runner (``service.serve.http``)."""
+
+    def __init__(self, url: str, server: Any, task: Any) -> None:
+        self.url, self._server, self._task = url, server, task
+
+    async def stop(self) -> None:
+        await http.stop(self._server, self._task)
+
+
+async def serve(app: Any, lifespan: str = "on") -> Served:
+    sock = http.bind("127.0.0.1", 0)
+    server, task = await http.start(app, sock, lifespan=lifespan)
+    return Served(f"http://127.0.0.1:{sock.getsockname()[1]}", server, task)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import uvicorn
 import yaml
 from aiohttp import web
 
@@ -27,7 +26,7 @@ from service.governance.reload import PolicyHolder
 from service.governance.store import open_store
 from service.governance.store.local import LocalStore
 from service.observability.metrics import ServiceMetrics
-from tests.api.standins import OneReplicaDirectory
+from tests.api.standins import OneReplicaDirectory, serve
 
 TOKEN = "internal"
 CONFIG = parse_config(
@@ -102,14 +101,9 @@ async def governed(tmp_path: Path):
         governor,
         metrics=metrics,
     )
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    yield f"http://127.0.0.1:{port}", keys, replica, governor, tmp_path
-    server.should_exit = True
-    await task
+    served = await serve(app)
+    yield served.url, keys, replica, governor, tmp_path
+    await served.stop()
     await governor.stop()
     await runner.cleanup()
 
@@ -240,22 +234,17 @@ async def test_metrics_app_serves_tenant_limits_and_budget_use(governed) -> None
     metrics = governor.trail.metrics
     assert (await post(base, keys["a"], CHAT))[0] == 200
     app = MetricsApp(metrics, lambda: refresh_tenant_gauges(governor, metrics.tenants), refresh_interval_s=0)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
+    served = await serve(app, lifespan="off")
     try:
         async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+            async with session.get(f"{served.url}/metrics") as response:
                 assert response.status == 200
                 assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
                 text = await response.text()
-            async with session.get(f"http://127.0.0.1:{port}/v1/models") as response:
+            async with session.get(f"{served.url}/v1/models") as response:
                 assert response.status == 404 and (await response.json())["error"]["code"] == "not_found"
     finally:
-        server.should_exit = True
-        await task
+        await served.stop()
     assert 'paddock_tenant_limit{limit="tokens_per_minute",tenant="acme"} 5000.0' in text
     assert 'paddock_tenant_budget_used_tokens{period="day",tenant="acme"} 10.0' in text
     assert 'paddock_tenant_budget_used_tokens{period="month",tenant="other"} 0.0' in text

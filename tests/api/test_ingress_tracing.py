@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-import uvicorn
 from aiohttp import web
 
 from bench.servers import free_port
@@ -17,7 +16,7 @@ from service.api.ingress import IngressApp
 from service.api.upstream import Endpoint, Upstream
 from service.config.loader import parse_config
 from service.observability.tracing import Tracing, otlp_exporter, otlp_traces_endpoint
-from tests.api.standins import OneReplicaDirectory
+from tests.api.standins import OneReplicaDirectory, serve
 from tests.otlp_receiver import OtlpReceiver
 
 TOKEN = "internal"
@@ -57,14 +56,9 @@ async def traced(
     app = IngressApp(
         CONFIG, OneReplicaDirectory(Endpoint(f"http://127.0.0.1:{replica_port}", "r")), Upstream(TOKEN), tracing=tracing
     )
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    yield f"http://127.0.0.1:{port}", seen, receiver, tracing
-    server.should_exit = True
-    await task
+    served = await serve(app)
+    yield served.url, seen, receiver, tracing
+    await served.stop()
     await runner.cleanup()
     tracing.shutdown()
     receiver.stop()
