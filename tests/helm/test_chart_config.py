@@ -21,6 +21,7 @@ from service.config.loader import APP_BUILDER_IMPORT_PATH, ConfigError, load_con
 from service.config.schema import ServiceConfig
 from service.config.settings import Settings
 from service.governance.policy import GovernanceFile
+from service.serve.local import RAY_TUNING
 
 RAY_INTERNAL_PORTS = {6379, 8265, 10001, 52365}  # GCS, dashboard/job API, client, dashboard agent
 
@@ -151,6 +152,28 @@ def test_standalone_lets_prometheus_reach_local_ray_metrics(rendered: dict[str, 
         assert variables["PADDOCK_RAY_METRICS_PORT"] == "8080"
         assert variables["PADDOCK_RAY_NODE_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
         assert variables["RAY_AUTH_MODE"] == "token"
+
+
+def test_every_ray_container_gets_the_ray_serve_tuning(rendered: dict[str, Rendered]) -> None:
+    """The chart's defaults are the ones ``paddock serve`` applies to local Ray."""
+    for result in rayservices(rendered):
+        for spec in ray_pod_specs(result):
+            variables = env(spec["containers"][0])
+            assert {name: variables.get(name) for name in RAY_TUNING} == RAY_TUNING
+    for result in standalone(rendered):
+        variables = env(result.one("Deployment")["spec"]["template"]["spec"]["containers"][0])
+        assert {name: variables.get(name) for name in RAY_TUNING} == RAY_TUNING
+
+
+def test_ray_serve_tuning_is_a_value(tmp_path: Path) -> None:
+    args = ["--set", "mode=rayservice", "--set-string", "rayServeTuning.RAY_SERVE_CONTROL_LOOP_INTERVAL_S=0.1"]
+    result = parse("tuned", helm_template([], args).stdout)
+    for spec in ray_pod_specs(result):
+        names = [e["name"] for e in spec["containers"][0]["env"]]
+        assert names.count("RAY_SERVE_CONTROL_LOOP_INTERVAL_S") == 1
+        assert env(spec["containers"][0])["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"] == "0.1"
+    refused = helm_template([], ["--set-string", "rayServeTuning.OMP_NUM_THREADS=1"], check=False)
+    assert refused.returncode != 0 and "rayServeTuning" in refused.stderr
 
 
 # --- exposure ----------------------------------------------------------------------------------

@@ -237,6 +237,10 @@ Environment of every Paddock container (the standalone server, every Ray node): 
   value: {{ . | quote }}
 {{- end }}
 {{- end }}
+{{- range $name, $value := .Values.rayServeTuning }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
