@@ -147,6 +147,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--prompts-per-stream", type=int, default=4, help="requests per concurrent stream")
+    parser.add_argument(
+        "--min-prompts",
+        type=int,
+        default=8,
+        help="requests per run at least; raise it with --tiny (at c=1 one slow request in 8 moves a round ~20%%)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--input-len", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=64)
@@ -173,7 +179,7 @@ def measure(args: argparse.Namespace, raw: Server, paddock: Server, tokenizer: P
             order = [("raw", raw), ("paddock", paddock)]
             order = order if round_ % 2 == 0 else order[::-1]
             for label, server in order:
-                prompts = max(c * args.prompts_per_stream, 8)
+                prompts = max(c * args.prompts_per_stream, args.min_prompts)
                 out = args.out / f"r{round_}-c{c}-{label}.json"
                 result = bench_once(server, args.model, tokenizer, c, prompts, args.seed + round_, args, out)
                 runs.append(
