@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import concurrent.futures
+import contextlib
 import time
 
 import httpx
@@ -68,25 +68,40 @@ def test_embedding_model_refuses_chat(http) -> None:
 
 
 def test_overload_is_503_in_openai_shape(stack) -> None:
-    """The chat model allows 6 concurrent requests (paddock-e2e.yaml); 12 at once overflow it."""
+    """The chat model allows 6 concurrent requests (paddock-e2e.yaml): a 7th, while 6 stream, is refused.
+
+    Each stream has produced a token before the 7th is sent, so all 6 are in flight at the replica
+    whatever the machine's speed.
+    """
+    (replica,) = stack.replica_urls(CHAT)
     body = {
         "model": CHAT,
         "messages": [{"role": "user", "content": "Count to one hundred."}],
-        "max_tokens": 200,
+        "max_tokens": 1500,
         "ignore_eos": True,
+        "stream": True,
     }
-
-    def one(_: int) -> httpx.Response:
-        with stack.http(timeout=300) as client:
-            return client.post("/v1/chat/completions", json=body)
-
-    with concurrent.futures.ThreadPoolExecutor(12) as pool:
-        responses = list(pool.map(one, range(12)))
-    statuses = sorted(r.status_code for r in responses)
-    assert set(statuses) == {200, 503}, statuses
-    for response in responses:
-        if response.status_code == 503:
-            assert error_of(response)["type"] == "server_error"
+    readers = []  # kept: a line iterator that is dropped closes its connection
+    with contextlib.ExitStack() as streams:
+        for _ in range(6):
+            client = streams.enter_context(stack.http(timeout=300))
+            response = streams.enter_context(client.stream("POST", "/v1/chat/completions", json=body))
+            assert response.status_code == 200
+            readers.append(response.iter_lines())
+            assert next(readers[-1]).startswith("data: ")
+        assert stack.replica_status(replica)["inflight"] == 6
+        with stack.http(timeout=60) as client:
+            refused = client.post("/v1/chat/completions", json={**body, "stream": False, "max_tokens": 5})
+        assert refused.status_code == 503
+        assert error_of(refused)["type"] == "server_error"
+    # the 6 clients left: the replica drops their engine requests and takes new ones
+    deadline = time.monotonic() + 30
+    while (status := stack.replica_status(replica))["inflight"] or status["engine"]["unfinished_requests"]:
+        assert time.monotonic() < deadline, f"replica still busy after its clients left: {status}"
+        time.sleep(0.2)
+    with stack.http(timeout=120) as client:
+        answered = client.post("/v1/chat/completions", json={**body, "stream": False, "max_tokens": 5})
+    assert answered.status_code == 200
 
 
 def test_disconnect_aborts_the_engine_request(stack, http) -> None:
