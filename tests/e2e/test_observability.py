@@ -63,7 +63,9 @@ def test_a_streamed_chat_is_one_connected_trace(stack) -> None:
     assert a["gen_ai.request.max_tokens"] == 6
     assert a["gen_ai.usage.input_tokens"] == usage["prompt_tokens"]
     assert a["gen_ai.usage.output_tokens"] == usage["completion_tokens"]
-    assert a["gen_ai.response.finish_reasons"] == ["length"]
+    # what the stream itself reported ("length", or "stop" when the model ends within 6 tokens)
+    reported = [c["finish_reason"] for e in events for c in e.get("choices", ()) if c.get("finish_reason")]
+    assert reported and a["gen_ai.response.finish_reasons"] == reported
     assert a["paddock.tenant"] == "acme" and a["paddock.request_id"] == request_id
     assert a["http.response.status_code"] == 200 and governance.attributes["paddock.decision"] == "admitted"
     assert by_name["llm_request"].attributes["gen_ai.usage.prompt_tokens"] == usage["prompt_tokens"]
