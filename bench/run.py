@@ -28,7 +28,8 @@ from service.models.sources import resolve
 METRICS = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms")
 # A stream whose tokens reach the client together (median gap between them under this) arrived in
 # one burst: its "TTFT" is the whole response time, not a first-token time. Seen on 2 cores when the
-# client process is not scheduled while the engine spins; such rounds are left out of TTFT deltas.
+# client process is not scheduled while the engine spins; such rounds are left out of TTFT and TPOT
+# comparisons.
 BURST_ITL_MS = 0.1
 
 
@@ -114,15 +115,14 @@ def summarise(runs: list[dict[str, Any]], concurrencies: list[int]) -> dict[str,
         entry["throughput_ratio"] = spread(
             [r["paddock"]["output_throughput"] / r["raw"]["output_throughput"] for r in rounds]
         )
-        clean = [r for r in rounds if not (burst(r["raw"]) or burst(r["paddock"]))]
+        # latency comparisons: rounds where neither stream arrived in one burst (all, if none did)
+        paired = [r for r in rounds if not (burst(r["raw"]) or burst(r["paddock"]))] or rounds
         entry["ttft_p50_delta_ms"] = spread(
-            [r["paddock"]["median_ttft_ms"] - r["raw"]["median_ttft_ms"] for r in clean or rounds]
+            [r["paddock"]["median_ttft_ms"] - r["raw"]["median_ttft_ms"] for r in paired]
         )
-        entry["latency_rounds"] = {"used": len(clean or rounds), "of": len(rounds)}
+        entry["tpot_p50_ratio"] = spread([r["paddock"]["median_tpot_ms"] / r["raw"]["median_tpot_ms"] for r in paired])
+        entry["latency_rounds"] = {"used": len(paired), "of": len(rounds)}
         entry["burst_runs"] = {t: sum(burst(r[t]) for r in rounds) for t in ("raw", "paddock")}
-        entry["tpot_p50_ratio"] = spread(
-            [r["paddock"]["median_tpot_ms"] / r["raw"]["median_tpot_ms"] for r in clean or rounds]
-        )
         summary[str(c)] = entry
     return summary
 
@@ -136,20 +136,19 @@ def table(summary: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     for c, entry in summary.items():
-        ttft = fmt(entry["ttft_p50_delta_ms"], 2) + " ms"
-        used, bursts = entry.get("latency_rounds"), entry.get("burst_runs", {})
-        over = ""
+        ttft, tpot = fmt(entry["ttft_p50_delta_ms"], 2) + " ms", fmt(entry["tpot_p50_ratio"], 3) + "×"
+        bursts = entry.get("burst_runs", {})
         if any(bursts.values()):
-            over = f" (over {used['used']} of {used['of']} rounds)"
+            scope = "over {used} of {of} rounds".format(**entry["latency_rounds"])
             ttft += (
-                f" (over {used['used']} of {used['of']} rounds; streams arrived in one burst in"
-                f" {bursts['raw']} raw and {bursts['paddock']} Paddock runs)"
+                f" ({scope}; streams arrived in one burst in {bursts['raw']} raw and {bursts['paddock']} Paddock runs)"
             )
+            tpot += f" ({scope})"
         rows = [
             ("output tok/s", "output_throughput", fmt(entry["throughput_ratio"], 3) + "×"),
             ("TTFT p50 ms", "median_ttft_ms", ttft),
             ("TTFT p99 ms", "p99_ttft_ms", ""),
-            ("TPOT p50 ms", "median_tpot_ms", fmt(entry["tpot_p50_ratio"], 3) + "×" + over),
+            ("TPOT p50 ms", "median_tpot_ms", tpot),
         ]
         for label, metric, versus in rows:
             lines.append(

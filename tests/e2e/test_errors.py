@@ -81,6 +81,7 @@ def test_overload_is_503_in_openai_shape(stack) -> None:
         "ignore_eos": True,
         "stream": True,
     }
+    short = {**body, "stream": False, "max_tokens": 5}
     readers = []  # kept: a line iterator that is dropped closes its connection
     with contextlib.ExitStack() as streams:
         for _ in range(6):
@@ -91,7 +92,7 @@ def test_overload_is_503_in_openai_shape(stack) -> None:
             assert next(readers[-1]).startswith("data: ")
         assert stack.replica_status(replica)["inflight"] == 6
         with stack.http(timeout=60) as client:
-            refused = client.post("/v1/chat/completions", json={**body, "stream": False, "max_tokens": 5})
+            refused = client.post("/v1/chat/completions", json=short)
         assert refused.status_code == 503
         assert error_of(refused)["type"] == "server_error"
     # the 6 clients left: the replica drops their engine requests and takes new ones
@@ -100,7 +101,7 @@ def test_overload_is_503_in_openai_shape(stack) -> None:
         assert time.monotonic() < deadline, f"replica still busy after its clients left: {status}"
         time.sleep(0.2)
     with stack.http(timeout=120) as client:
-        answered = client.post("/v1/chat/completions", json={**body, "stream": False, "max_tokens": 5})
+        answered = client.post("/v1/chat/completions", json=short)
     assert answered.status_code == 200
 
 
