@@ -15,7 +15,6 @@ import json
 from datetime import UTC, datetime
 from urllib.parse import parse_qs
 
-from service.api import errors
 from service.api.asgi import (
     REQUEST_ID_HEADER,
     Receive,
@@ -32,6 +31,7 @@ from service.api.asgi import (
 from service.governance.governor import Governor
 from service.governance.keys import bearer
 from service.governance.store.base import Store
+from service.protocol import errors
 
 SCOPE_KINDS = ("all", "model", "tenant", "key")
 

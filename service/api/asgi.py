@@ -15,7 +15,14 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from service.api.errors import JSON_CONTENT_TYPE, APIError, internal, invalid_request, payload_too_large
+from service.protocol.errors import (
+    JSON_CONTENT_TYPE,
+    APIError,
+    Disconnected,
+    internal,
+    invalid_request,
+    payload_too_large,
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -42,10 +49,6 @@ def request_id(scope: Scope) -> str:
     if given and _REQUEST_ID_OK.match(given):
         return given
     return uuid.uuid4().hex
-
-
-class Disconnected(Exception):
-    """The client went away while its body was being read."""
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:

@@ -1,26 +1,25 @@
 """Paddock's public ingress: one OpenAI base URL for every model.
 
-It reads the request body once, routes by its ``model`` field (ids and
-aliases), and forwards to the least-loaded replica of that model over one
-HTTP hop. Replicas come from a :class:`Directory` (the serve layer keeps it
-current). This module knows nothing of Ray or vLLM.
+It routes: reads the request body once, resolves its ``model`` field (ids and
+aliases) and forwards it to a replica of that model over one HTTP hop
+(``forward.py``). It relays: the replica's answer goes back chunk by chunk,
+through the stream hooks of whoever owns the request. It maps errors: every
+failure leaves in OpenAI's shape (``asgi.answer_errors``). Governance owns
+each governed request from admission to settlement (``service.governance.
+lifecycle``); this module only hands it the request and relays. It knows
+nothing of Ray or vLLM.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
-import logging
-import random
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
-from service.api import errors
 from service.api.asgi import (
     REQUEST_ID_HEADER,
-    Disconnected,
     Receive,
     Scope,
     Send,
@@ -32,59 +31,23 @@ from service.api.asgi import (
     send_bytes,
     send_json,
 )
-from service.api.upstream import (
-    MAX_PROMPT_TOKENS_HEADER,
-    Endpoint,
-    RelayState,
-    Upstream,
-    UpstreamUnreachable,
-    end_early,
-    forwarded_headers,
-    read_error,
-    relay,
-)
-from service.api.usage import UsageTap
+from service.api.context import RequestContext
+from service.api.forward import Directory, Forwarder
+from service.api.upstream import MAX_PROMPT_TOKENS_HEADER, RelayState, Upstream, end_early, forwarded_headers
 from service.config.schema import ModelConfig, ServiceConfig
-from service.governance.governor import Governor, Ticket
+from service.governance.governor import Governor
 from service.governance.keys import Principal
-from service.governance.refusal import Refusal
-from service.governance.store.base import Usage
+from service.governance.lifecycle import Intake, Ticket
+from service.governance.usage import UsageTap
 from service.observability.logs import CURRENT, trace_id_of
 from service.observability.metrics import ServiceMetrics
-from service.observability.requests import Observation, RequestMetrics, observe_tap
-from service.observability.tracing import OPERATION_NAMES, Tracing, end_request_span, request_attributes
+from service.observability.requests import CLIENT_CLOSED, RequestMetrics, observe_tap
+from service.observability.tracing import Tracing, end_request_span, request_attributes
+from service.protocol import errors
+from service.protocol.routes import ROUTES
 
-log = logging.getLogger(__name__)
-
-# Governed API routes and the model task each one needs.
 RAY_PROXY_HEALTH = "/-/healthz"
-API_ROUTES = {
-    "/v1/chat/completions": "generate",
-    "/v1/completions": "generate",
-    "/v1/responses": "generate",
-    "/v1/embeddings": "embed",
-}
-
-
-class Directory(Protocol):
-    """Where the ingress finds the replicas of each model."""
-
-    @property
-    def ready(self) -> bool: ...
-
-    def endpoints(self, model_id: str) -> Sequence[Endpoint]: ...
-
-    async def wake(self, model_id: str, timeout_s: float) -> Sequence[Endpoint]: ...
-
-    def report_unreachable(self, model_id: str, endpoint: Endpoint) -> None: ...
-
-
-def pick(endpoints: Sequence[Endpoint]) -> Endpoint:
-    """Power of two choices on this ingress's own in-flight counts."""
-    if len(endpoints) == 1:
-        return endpoints[0]
-    first, second = random.sample(list(endpoints), 2)
-    return first if first.inflight <= second.inflight else second
+_GET_ROUTES = ("/health", "/ready", RAY_PROXY_HEALTH, "/v1/models")
 
 
 class IngressApp:
@@ -104,6 +67,7 @@ class IngressApp:
         self._names = config.model_by_name()
         self._directory = directory
         self._upstream = upstream
+        self._forwarder = Forwarder(directory, upstream, config.ingress.request_timeout_s)
         self._governor = governor
         self._trusted = [ipaddress.ip_network(net, strict=False) for net in trusted_proxies]
         self._created = int(time.time())
@@ -124,36 +88,10 @@ class IngressApp:
             return
         rid = request_id(scope)
         response_headers = [(REQUEST_ID_HEADER, rid)]
-        if scope["path"] in API_ROUTES:
+        if scope["path"] in ROUTES:
             await self._api(scope, receive, send, rid, response_headers)
         else:
-            await answer_errors(self._dispatch(scope, receive, send, rid, response_headers), send, response_headers)
-
-    async def _api(self, scope: Scope, receive: Receive, send: Send, rid: str, headers: list[tuple[str, str]]) -> None:
-        """An API call, observed from receipt to its last byte (metrics; the trace when on)."""
-        obs = self._observe.start(scope["path"], rid, trace_id_of(header(scope, b"traceparent")))
-        if self._tracing is not None:
-            obs.span = self._server_span(self._tracing, scope, rid, obs)
-            obs.trace_id = format(obs.span.get_span_context().trace_id, "032x")
-        send = self._observe.watch(obs, send)
-        current = CURRENT.set(obs)  # log lines and audit records of this request carry its ids
-        try:
-            await answer_errors(self._proxy(scope, receive, send, rid, headers, obs), send, headers)
-        finally:
-            CURRENT.reset(current)
-            self._observe.finish(obs)
-            if obs.span is not None:
-                end_request_span(obs)
-
-    @staticmethod
-    def _server_span(tracing: Tracing, scope: Scope, rid: str, obs: Observation) -> Any:
-        attributes = {
-            "http.request.method": scope["method"],
-            "url.path": scope["path"],
-            "gen_ai.operation.name": OPERATION_NAMES[obs.route],
-            "paddock.request_id": rid,
-        }
-        return tracing.server_span(OPERATION_NAMES[obs.route], tracing.extract(forwarded_headers(scope)), attributes)
+            await answer_errors(self._dispatch(scope, send, rid, response_headers), send, response_headers)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -165,19 +103,19 @@ class IngressApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _dispatch(
-        self, scope: Scope, receive: Receive, send: Send, rid: str, headers: list[tuple[str, str]]
-    ) -> None:
+    # -- the plain GET routes -------------------------------------------------
+
+    async def _dispatch(self, scope: Scope, send: Send, rid: str, headers: list[tuple[str, str]]) -> None:
         path, method = scope["path"], scope["method"]
-        if path in ("/health", "/ready", RAY_PROXY_HEALTH, "/v1/models") or path.startswith("/v1/models/"):
-            if method not in ("GET", "HEAD"):
-                raise errors.method_not_allowed(method, path)
-            principal = None
-            if path.startswith("/v1/") and self._governor is not None:
-                principal = await self._authenticate(scope, rid, path, time.monotonic(), self.client_address(scope))
-            await self._get(path, send, headers, principal)
-        else:
+        if path not in _GET_ROUTES and not path.startswith("/v1/models/"):
             raise errors.route_not_found(path)
+        if method not in ("GET", "HEAD"):
+            raise errors.method_not_allowed(method, path)
+        principal = None
+        if path.startswith("/v1/") and self._governor is not None:
+            async with self._governor.intake(rid, path, self.client_address(scope)) as intake:
+                principal = await intake.authenticate(header(scope, b"authorization"))
+        await self._get(path, send, headers, principal)
 
     async def _get(self, path: str, send: Send, headers: list[tuple[str, str]], principal: Principal | None) -> None:
         allowed = self._governor.allowed(principal) if self._governor and principal else None
@@ -217,23 +155,6 @@ class IngressApp:
             "status": {"state": state, "replicas": replicas},
         }
 
-    def _parse(self, body: bytes, path: str, principal: Principal | None) -> tuple[dict[str, Any], ModelConfig]:
-        request = json_object(body)
-        name = request.get("model")
-        if not isinstance(name, str) or not name:
-            raise errors.invalid_request("`model` is required and must be a string.", param="model")
-        if principal is not None and self._governor is not None:
-            model = self._governor.resolve(principal, name)  # not allowed reads exactly as unknown
-        else:
-            model = self._names.get(name)
-        if model is None:
-            raise errors.model_not_found(name)
-        if API_ROUTES[path] != model.task:
-            raise errors.invalid_request(
-                f"The model `{name}` does not support {path}.", param="model", code="model_not_supported"
-            )
-        return request, model
-
     def client_address(self, scope: Scope) -> str:
         """The real client: ``X-Forwarded-For`` is believed only from trusted proxies."""
         peer = (scope.get("client") or ("unknown", 0))[0]
@@ -249,212 +170,127 @@ class IngressApp:
                 return hop
         return peer
 
-    async def _authenticate(self, scope: Scope, rid: str, route: str, started: float, client: str) -> Principal:
-        assert self._governor is not None
+    # -- the API routes -------------------------------------------------------
+
+    async def _api(self, scope: Scope, receive: Receive, send: Send, rid: str, headers: list[tuple[str, str]]) -> None:
+        """An API call, observed from receipt to its last byte (metrics; the trace when on)."""
+        route = ROUTES[scope["path"]]
+        obs = self._observe.start(route.path, rid, trace_id_of(header(scope, b"traceparent")))
+        if self._tracing is not None:
+            attributes = {
+                "http.request.method": scope["method"],
+                "url.path": route.path,
+                "gen_ai.operation.name": route.genai_operation,
+                "paddock.request_id": rid,
+            }
+            parent = self._tracing.extract(forwarded_headers(scope))
+            obs.span = self._tracing.server_span(route.genai_operation, parent, attributes)
+            obs.trace_id = format(obs.span.get_span_context().trace_id, "032x")
+        ctx = RequestContext(scope, receive, self._observe.watch(obs, send), rid, headers, obs)
+        current = CURRENT.set(obs)  # log lines and audit records of this request carry its ids
         try:
-            return await self._governor.authenticate(header(scope, b"authorization"), client)
-        except Refusal as refusal:
-            raise self._refused(refusal, rid, route, client, started) from None
+            await answer_errors(self._proxy(ctx), ctx.send, headers)
+        finally:
+            CURRENT.reset(current)
+            self._observe.finish(obs)
+            if obs.span is not None:
+                end_request_span(obs)
 
-    def _refused(
-        self, refusal: Refusal | errors.APIError, rid: str, route: str, client: str, started: float, **who: Any
-    ) -> errors.APIError:
-        """Audit a refusal (any request refused before it was forwarded) and return its error."""
-        if isinstance(refusal, errors.APIError):
-            error, reason, detail = refusal, refusal.code or refusal.type, None
-        else:
-            error, reason, detail = errors.from_refusal(refusal), refusal.reason, refusal.detail
-        if self._governor is not None:
-            self._governor.trail.refused(
-                request_id=rid,
-                route=route,
-                client=client,
-                reason=reason,
-                detail=detail,
-                status=error.status,
-                started=started,
-                **who,
-            )
-        return error
-
-    async def _proxy(
-        self, scope: Scope, receive: Receive, send: Send, rid: str, headers: list[tuple[str, str]], obs: Observation
-    ) -> None:
-        if scope["method"] != "POST":
-            raise errors.method_not_allowed(scope["method"], scope["path"])
+    async def _proxy(self, ctx: RequestContext) -> None:
+        if ctx.method != "POST":
+            raise errors.method_not_allowed(ctx.method, ctx.path)
         if self.draining:
             raise errors.unavailable("Paddock is shutting down; retry on another instance.")
-        span = self._tracing.child("governance", obs.span) if obs.span is not None and self._governor else None
+        obs = ctx.obs
+        ctx.client = self.client_address(ctx.scope)
+        span = self._tracing.child("governance", obs.span) if self._tracing and obs.span and self._governor else None
         try:
-            body, model, ticket = await self._decide(scope, receive, rid, obs)
+            body, model, ticket = await self._decide(ctx)
         finally:
             if span is not None:
                 span.set_attributes({"paddock.tenant": obs.tenant, "paddock.decision": obs.decision})
                 span.end()
-        trace = self._tracing.inject(obs.span) if obs.span is not None else forwarded_headers(scope)  # type: ignore[union-attr]
-        forwarded = {REQUEST_ID_HEADER: rid, **trace}
+        trace = self._tracing.inject(obs.span) if self._tracing and obs.span else forwarded_headers(ctx.scope)
+        ctx.forwarded = {REQUEST_ID_HEADER: ctx.request_id, **trace}
         inflight = self._observe.inflight(obs)
         inflight.inc()
         self._inflight += 1
         try:
             if ticket is not None:
-                await self._governed(ticket, forwarded, receive, send, headers, obs)
-            elif obs.span is None:
-                await self._forward(model, scope["path"], body, forwarded, receive, send, headers)
-            else:  # ungoverned but traced: read usage and finish reasons off the response
-                state = RelayState(tap=UsageTap(False, finish_reasons=True))
-                await self._forward(model, scope["path"], body, forwarded, receive, send, headers, state)
-                observe_tap(obs, state.tap)
+                await self._governed(ctx, ticket)
+            else:
+                await self._ungoverned(ctx, model, body)
         finally:
             self._inflight -= 1
             inflight.dec()
 
-    async def _decide(
-        self, scope: Scope, receive: Receive, rid: str, obs: Observation
-    ) -> tuple[bytes, ModelConfig, Ticket | None]:
-        """Authenticate, read and parse the body, and admit: the request to forward, or an error (audited)."""
-        path, started = scope["path"], time.monotonic()
-        client = self.client_address(scope)
-        principal = await self._authenticate(scope, rid, path, started, client) if self._governor else None
-        if principal is not None:
-            obs.tenant = principal.tenant.id
-        model: ModelConfig | None = None
-        try:
-            body = await read_body(receive, int(self._config.ingress.max_body_bytes))
-            request, model = self._parse(body, path, principal)
-            obs.model = model.id
-            if obs.span is not None:
-                obs.span.update_name(f"{OPERATION_NAMES[obs.route]} {request['model']}")
-                obs.span.set_attributes({"gen_ai.request.model": request["model"], **request_attributes(request)})
-            ticket = await self._admit(principal, model, path, request, rid, client)
-        except (Refusal, errors.APIError) as refusal:
-            name = model.id if model else None
-            raise self._refused(refusal, rid, path, client, started, principal=principal, model=name) from None
-        if ticket is not None:
-            obs.decision = "admitted"
+    async def _decide(self, ctx: RequestContext) -> tuple[bytes, ModelConfig, Ticket | None]:
+        """The request to forward: its body, model and (when governed) its admission ticket."""
+        if self._governor is None:
+            body = await read_body(ctx.receive, int(self._config.ingress.max_body_bytes))
+            request, model = self._parse(ctx, body, self._names.get)
+            return body, model, None
+        async with self._governor.intake(ctx.request_id, ctx.path, ctx.client) as intake:
+            principal = await intake.authenticate(ctx.header(b"authorization"))
+            ctx.obs.tenant = principal.tenant.id
+            body = await read_body(ctx.receive, int(self._config.ingress.max_body_bytes))
+            request, model = self._parse(ctx, body, intake.resolve)
+            ticket = await self._admit(ctx, intake, model, request)
         return body, model, ticket
 
-    async def _admit(
-        self, principal: Principal | None, model: ModelConfig, path: str, request: dict[str, Any], rid: str, client: str
-    ) -> Ticket | None:
-        if self._governor is None or principal is None:
-            return None
-        ticket = await self._governor.admit(principal, model, path, request, rid, client)
-        self._governor.trail.admitted(ticket)  # the decision is on record before anything is forwarded
+    async def _admit(self, ctx: RequestContext, intake: Intake, model: ModelConfig, request: dict[str, Any]) -> Ticket:
+        ticket = await intake.admit(model, request, finish_reasons=ctx.obs.span is not None)
+        ctx.obs.decision = "admitted"
         return ticket
 
-    async def _governed(
-        self,
-        ticket: Ticket,
-        forwarded: dict[str, str],
-        receive: Receive,
-        send: Send,
-        headers: list[tuple[str, str]],
-        obs: Observation,
-    ) -> None:
-        assert self._governor is not None
+    def _parse(self, ctx: RequestContext, body: bytes, resolve: Any) -> tuple[dict[str, Any], ModelConfig]:
+        """The JSON body and the model it names (``resolve``: a name to the model, ``None`` if unknown)."""
+        request = json_object(body)
+        name = request.get("model")
+        if not isinstance(name, str) or not name:
+            raise errors.invalid_request("`model` is required and must be a string.", param="model")
+        model: ModelConfig | None = resolve(name)  # a model the key may not use reads exactly as unknown
+        if model is None:
+            raise errors.model_not_found(name)
+        if ROUTES[ctx.path].task != model.task:
+            raise errors.invalid_request(
+                f"The model `{name}` does not support {ctx.path}.", param="model", code="model_not_supported"
+            )
+        ctx.obs.model = model.id
+        if ctx.obs.span is not None:
+            ctx.obs.span.update_name(f"{ROUTES[ctx.path].genai_operation} {name}")
+            ctx.obs.span.set_attributes({"gen_ai.request.model": name, **request_attributes(request)})
+        return request, model
+
+    async def _ungoverned(self, ctx: RequestContext, model: ModelConfig, body: bytes) -> None:
+        if ctx.obs.span is None:
+            await self._forward(ctx, model, body, ctx.headers, RelayState())
+            return
+        tap = UsageTap(False, finish_reasons=True)  # traced: read usage and finish reasons off the response
+        await self._forward(ctx, model, body, ctx.headers, RelayState(hooks=(tap,)))
+        observe_tap(ctx.obs, tap)
+
+    async def _governed(self, ctx: RequestContext, ticket: Ticket) -> None:
+        """Relay an admitted request under its ticket: the ticket ends it on a kill or a timeout, and settles it."""
         shaped = ticket.shaped
         if shaped.max_prompt_tokens is not None:
-            forwarded[MAX_PROMPT_TOKENS_HEADER] = str(shaped.max_prompt_tokens)
-        keep_text = ticket.principal.tenant.audit.include_text
-        tap = UsageTap(False, shaped.stream and not shaped.include_usage, keep_text, obs.span is not None)
-        state = RelayState(tap=tap)
+            ctx.forwarded[MAX_PROMPT_TOKENS_HEADER] = str(shaped.max_prompt_tokens)
+        state = RelayState(hooks=(ticket.tap,) if ticket.tap else ())
         body = json.dumps(shaped.body).encode()
-        outcome, status = "ok", 0
+        failed = 0
         try:
-            async with asyncio.timeout(shaped.timeout_s):
-                await self._forward(
-                    ticket.model,
-                    ticket.route,
-                    body,
-                    forwarded,
-                    receive,
-                    send,
-                    [*headers, *ticket.headers.items()],
-                    state,
-                )
-        except asyncio.CancelledError:
-            if ticket.killed is None:
-                outcome = "cancelled"
-                raise
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            error = errors.from_refusal(Refusal("killed", ticket.killed))
-            outcome, status = "killed", error.status  # the audit's status unless the 200 already went out
-            await self._cut_short(send, state, error)
-        except TimeoutError:
-            error = errors.timeout("The request exceeded its time limit.")
-            outcome, status = "timeout", error.status
-            await self._cut_short(send, state, error)
+            await ticket.run(self._forward(ctx, ticket.model, body, [*ctx.headers, *ticket.headers.items()], state))
         except errors.APIError as error:
-            outcome, status = "error", error.status
-            raise
-        except Disconnected:
-            outcome = "client_disconnected"
-            raise
+            failed = error.status  # the audit's status unless the 200 already went out
+            await end_early(ctx.send, state, error)  # raises it if nothing was sent yet
         finally:
-            usage = await self._finish(ticket, state, status, outcome)
+            usage = await ticket.close(state.status or failed or CLIENT_CLOSED, state.started)
             if usage is not None:
-                obs.usage = (usage.prompt_tokens, usage.completion_tokens)
-            obs.finish_reasons = tap.finish_reasons
-
-    async def _cut_short(self, send: Send, state: RelayState, error: errors.APIError) -> None:
-        if not state.started:
-            raise error
-        await end_early(send, state, error)
-
-    async def _finish(self, ticket: Ticket, state: RelayState, status: int, outcome: str) -> Usage | None:
-        assert self._governor is not None
-        tap = state.tap
-        usage = tap.usage if tap else None
-        if usage is None and not state.started:
-            usage = Usage(0, 0)  # refused upstream before generating anything
-        status = state.status or status or 499
-        await self._governor.settle(ticket, usage)
-        completion = tap.completion() if tap and ticket.principal.tenant.audit.include_text else None
-        self._governor.trail.completed(ticket, status=status, usage=usage, outcome=outcome, completion=completion)
-        return usage
-
-    async def _endpoints(self, model: ModelConfig) -> Sequence[Endpoint]:
-        endpoints = self._directory.endpoints(model.id)
-        if endpoints:
-            return endpoints
-        timeout = self._config.ingress.request_timeout_s
-        try:
-            endpoints = await asyncio.wait_for(self._directory.wake(model.id, timeout), timeout)
-        except TimeoutError:
-            endpoints = ()
-        if not endpoints:
-            raise errors.unavailable(f"The model `{model.id}` has no replica ready; retry later.")
-        return endpoints
+                ctx.obs.usage = (usage.prompt_tokens, usage.completion_tokens)
+            if ticket.tap is not None:
+                ctx.obs.finish_reasons = ticket.tap.finish_reasons
 
     async def _forward(
-        self,
-        model: ModelConfig,
-        path: str,
-        body: bytes,
-        forwarded: dict[str, str],
-        receive: Receive,
-        send: Send,
-        headers: list[tuple[str, str]],
-        state: RelayState | None = None,
+        self, ctx: RequestContext, model: ModelConfig, body: bytes, headers: list[tuple[str, str]], state: RelayState
     ) -> None:
-        tried: set[str] = set()
-        for _ in range(3):
-            candidates = [e for e in await self._endpoints(model) if e.replica_id not in tried]
-            if not candidates:
-                break
-            endpoint = pick(candidates)
-            endpoint.inflight += 1
-            try:
-                response = await self._upstream.open(endpoint, path, body, forwarded)
-                if response.status >= 400:
-                    raise await read_error(response)
-                await relay(response, receive, send, headers, state)
-                return
-            except UpstreamUnreachable as error:
-                log.warning("replica %s of %s unreachable: %s", endpoint.replica_id, model.id, error)
-                tried.add(endpoint.replica_id)
-                self._directory.report_unreachable(model.id, endpoint)
-            finally:
-                endpoint.inflight -= 1
-        raise errors.unavailable(f"No replica of `{model.id}` could be reached; retry later.")
+        await self._forwarder.forward(model, ctx.path, body, ctx.forwarded, ctx.receive, ctx.send, headers, state)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
-from service.api import errors
 from service.api.asgi import REQUEST_ID_HEADER, Receive, Scope, Send, answer_errors, request_id, send_bytes, send_json
 from service.observability.metrics import ServiceMetrics
+from service.protocol import errors
 
 TEXT_FORMAT = b"text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
 

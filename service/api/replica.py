@@ -13,7 +13,6 @@ import logging
 from collections.abc import MutableMapping
 from typing import Any
 
-from service.api import errors
 from service.api.asgi import (
     REQUEST_ID_HEADER,
     Receive,
@@ -30,8 +29,10 @@ from service.api.asgi import (
     until_disconnect,
 )
 from service.api.upstream import INTERNAL_TOKEN_HEADER, MAX_PROMPT_TOKENS_HEADER, forwarded_headers
-from service.engine.base import OPERATIONS, CallContext, Engine, EngineDead, JSONResult, StreamResult
+from service.engine.base import CallContext, Engine, EngineDead, JSONResult, StreamResult
 from service.observability.tracing import Tracing, finish_span
+from service.protocol import errors
+from service.protocol.routes import ROUTES
 
 log = logging.getLogger(__name__)
 SSE_CONTENT_TYPE = b"text/event-stream"
@@ -79,9 +80,10 @@ class ReplicaApp:
             status = {"status": "ok", "inflight": self.inflight, "engine": self._engine.status()}
             await send_json(send, 200, status, headers)
             return
-        operation = OPERATIONS.get(path)
-        if operation is None:
+        route = ROUTES.get(path)
+        if route is None:
             raise errors.route_not_found(path)
+        operation = route.operation
         if scope["method"] != "POST":
             raise errors.method_not_allowed(scope["method"], path)
         if self.inflight >= self._max_ongoing:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import aiohttp
 
 from service.api.asgi import Receive, Scope, Send, encode_headers, header, until_disconnect
-from service.api.errors import APIError, internal, normalise_error_body
-from service.api.usage import UsageTap
+from service.protocol.errors import APIError, internal, normalise_error_body
+from service.protocol.streams import StreamHook
 
 INTERNAL_TOKEN_HEADER = "x-paddock-internal-token"
 # Set by the ingress from governance policy; the replica enforces it with the real tokenizer.
@@ -92,23 +92,40 @@ async def read_error(response: aiohttp.ClientResponse) -> APIError:
 class RelayState:
     """How far a relayed response got (for ending it cleanly if it is cut short)."""
 
-    tap: UsageTap | None = None
+    hooks: tuple[StreamHook, ...] = ()  # see every chunk on its way out, in order (usage tap, guardrails)
     status: int = 0
     started: bool = False
     sse: bool = False
     ended: bool = False
 
 
+def _through(hooks: tuple[StreamHook, ...], chunk: bytes) -> bytes:
+    for hook in hooks:
+        chunk = hook.feed(chunk)
+        if not chunk:
+            break
+    return chunk
+
+
+def _finish(hooks: tuple[StreamHook, ...]) -> bytes:
+    """What the hooks still hold at the end of the body (a later hook sees an earlier one's rest)."""
+    rest = b""
+    for hook in hooks:
+        rest = hook.feed(rest) if rest else b""
+        rest += hook.finish()
+    return rest
+
+
 async def _relay_body(response: aiohttp.ClientResponse, send: Send, state: RelayState) -> None:
-    tap = state.tap
+    hooks = state.hooks
     try:
         async for chunk in response.content.iter_any():
-            if tap is not None:
-                chunk = tap.feed(chunk)
+            if hooks:
+                chunk = _through(hooks, chunk)
                 if not chunk:
                     continue
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        if tap is not None and (rest := tap.finish()):
+        if hooks and (rest := _finish(hooks)):
             await send({"type": "http.response.body", "body": rest, "more_body": True})
     except (TimeoutError, aiohttp.ClientError):
         if state.sse:  # the 200 is gone: end the stream in band, as OpenAI clients expect
@@ -119,7 +136,10 @@ async def _relay_body(response: aiohttp.ClientResponse, send: Send, state: Relay
 
 
 async def end_early(send: Send, state: RelayState, error: APIError) -> None:
-    """End a response that already started: in band for streams, else just close it."""
+    """End a response cut short: raise ``error`` if nothing was sent yet, else end in band for streams
+    (else just close it)."""
+    if not state.started:
+        raise error
     if state.ended:
         return
     state.ended = True
@@ -139,8 +159,8 @@ async def relay(
     state = state or RelayState()
     content_type = response.headers.get("content-type", "application/json")
     state.sse = content_type.startswith("text/event-stream")
-    if state.tap is not None:
-        state.tap.sse = state.sse
+    for hook in state.hooks:
+        hook.sse = state.sse
     extra = [("cache-control", "no-cache")] if state.sse else []
     await send(
         {

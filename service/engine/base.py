@@ -10,16 +10,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
-Operation = Literal["chat", "completions", "responses", "embeddings"]
-
-OPERATIONS: dict[str, Operation] = {
-    "/v1/chat/completions": "chat",
-    "/v1/completions": "completions",
-    "/v1/responses": "responses",
-    "/v1/embeddings": "embeddings",
-}
+from service.protocol.routes import Operation
 
 
 @dataclass
@@ -64,7 +57,7 @@ class Engine(Protocol):
         """Load the model; return when it can serve."""
 
     async def call(self, operation: Operation, body: dict[str, object], ctx: CallContext) -> Result:
-        """Serve one OpenAI API call; errors come back as OpenAI-shaped JSON results."""
+        """Serve one OpenAI API call; errors come back as OpenAI-shaped JSON results or raise protocol errors."""
 
     def status(self) -> dict[str, object]:
         """Cheap engine state for health and status routes (e.g. unfinished requests)."""

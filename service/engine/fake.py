@@ -10,8 +10,9 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
-from service.api import errors
-from service.engine.base import CallContext, EngineDead, JSONResult, Operation, Result, StreamResult
+from service.engine.base import CallContext, EngineDead, JSONResult, Result, StreamResult
+from service.protocol import errors
+from service.protocol.routes import Operation
 
 
 class FakeEngine:

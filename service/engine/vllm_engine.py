@@ -45,10 +45,11 @@ from vllm.utils.gc_utils import freeze_gc_heap
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
-from service.api import errors
 from service.config.schema import ModelConfig
-from service.engine.base import CallContext, EngineDead, JSONResult, Operation, Result, StreamResult
+from service.engine.base import CallContext, EngineDead, JSONResult, Result, StreamResult
 from service.engine.engine_spans import wrap_do_tracing
+from service.protocol import errors
+from service.protocol.routes import Operation
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,12 @@
 """The governance decision for every API request, in the ingress process.
 
-Plain Python: the ingress hands it the ``Authorization`` header, the client
-address and the parsed body; it answers with a :class:`Ticket` (the shaped
-request to forward) or raises a :class:`Refusal`. Key lookup and policy are
-in memory; one atomic store call admits the request against every counted
-limit, and one settles it on the engine's usage afterwards. Every decision is
-an audit record written before forwarding; the outcome completes it.
+Plain Python: through an :class:`~service.governance.lifecycle.Intake` the
+ingress hands it the ``Authorization`` header, the client address and the
+parsed body; it answers with a :class:`~service.governance.lifecycle.Ticket`
+(the shaped request to forward) or raises a :class:`Refusal`. Key lookup and
+policy are in memory; one atomic store call admits the request against every
+counted limit, and one settles it on the engine's usage afterwards. Every
+decision is an audit record written before forwarding; the outcome completes it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 
 from service.config.schema import ModelConfig, ServiceConfig
 from service.governance.keys import KeyIndex, Principal, bearer
-from service.governance.params import Shaped, shape_request
+from service.governance.lifecycle import Intake, Ticket
+from service.governance.params import shape_request
 from service.governance.policy import ALL_MODELS, Limits, Parameters
 from service.governance.records import AuditTrail
 from service.governance.refusal import Refusal
@@ -40,32 +42,6 @@ class GovernanceOptions:
     auth_failures_per_minute: int = 20
     kill_poll_s: float = 0.25
     cache_salt_secret: bytes = b""
-
-
-@dataclass(eq=False, slots=True)
-class Ticket:
-    """One admitted request, from decision to settlement."""
-
-    request_id: str
-    principal: Principal
-    model: ModelConfig
-    route: str
-    shaped: Shaped
-    reservation: Reservation
-    lease_id: str | None
-    headers: dict[str, str]
-    started: float
-    client: str
-    task: asyncio.Task[Any] | None = None
-    killed: str | None = None
-    killed_by: str = ""  # the kill's scope, e.g. "model:x"
-    settled: bool = False
-
-    def kill(self, message: str, scope: str = "all") -> None:
-        if self.killed is None:
-            self.killed, self.killed_by = message, scope
-            if self.task is not None and not self.task.done():
-                self.task.cancel()
 
 
 _REQUEST_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests")
@@ -159,6 +135,12 @@ class Governor:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.store.close()
         self.trail.close()
+
+    # -- one request ---------------------------------------------------------
+
+    def intake(self, request_id: str, route: str, client: str) -> Intake:
+        """Where one API request enters governance (see ``lifecycle.py``)."""
+        return Intake(self, request_id, route, client)
 
     # -- authentication ----------------------------------------------------
 
@@ -276,7 +258,7 @@ class Governor:
             ratelimit_headers(admission),
             started,
             client,
-            task=asyncio.current_task(),
+            governor=self,
         )
         self.active.add(ticket)
         self._decision_seconds.observe(time.monotonic() - started)

@@ -20,49 +20,8 @@ from typing import Any
 
 from service.governance.policy import Parameters
 from service.governance.refusal import Refusal
+from service.protocol.routes import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, ROUTES, Route
 
-CHAT = "/v1/chat/completions"
-COMPLETIONS = "/v1/completions"
-RESPONSES = "/v1/responses"
-EMBEDDINGS = "/v1/embeddings"
-
-# OpenAI's documented request fields, per route.
-FIELDS: dict[str, frozenset[str]] = {
-    CHAT: frozenset(
-        "model messages audio frequency_penalty function_call functions logit_bias logprobs max_completion_tokens"
-        " max_tokens metadata modalities n parallel_tool_calls prediction presence_penalty prompt_cache_key"
-        " prompt_cache_retention reasoning_effort response_format safety_identifier seed service_tier stop store"
-        " stream stream_options temperature tool_choice tools top_logprobs top_p user verbosity web_search_options".split()
-    ),
-    COMPLETIONS: frozenset(
-        "model prompt best_of echo frequency_penalty logit_bias logprobs max_tokens n presence_penalty seed stop"
-        " stream stream_options suffix temperature top_p user".split()
-    ),
-    RESPONSES: frozenset(
-        "model input instructions max_output_tokens max_tool_calls metadata parallel_tool_calls previous_response_id"
-        " reasoning store stream stream_options temperature text tool_choice tools top_logprobs top_p truncation user"
-        " background include prompt prompt_cache_key prompt_cache_retention safety_identifier service_tier"
-        " conversation".split()
-    ),
-    EMBEDDINGS: frozenset("model input dimensions encoding_format user".split()),
-}
-
-# Fields bounding output per choice; the first is the one set to the cap when none is given.
-_OUTPUT_FIELDS = {
-    CHAT: ("max_completion_tokens", "max_tokens"),
-    COMPLETIONS: ("max_tokens",),
-    RESPONSES: ("max_output_tokens",),
-    EMBEDDINGS: (),
-}
-_BATCHED = {COMPLETIONS: "prompt", EMBEDDINGS: "input"}  # routes taking a list of prompts, and its field
-_CHOICE_FIELDS = {CHAT: ("n",), COMPLETIONS: ("best_of", "n"), RESPONSES: (), EMBEDDINGS: ()}
-# Fields whose text reaches the model as prompt tokens.
-_PROMPT_FIELDS = {
-    CHAT: ("messages", "tools", "functions"),
-    COMPLETIONS: ("prompt", "suffix"),
-    RESPONSES: ("instructions", "input", "tools"),
-    EMBEDDINGS: ("input",),
-}
 # Responses fields that pull in prompt text stored server-side, of unknown size.
 _STORED_CONTEXT = ("previous_response_id", "conversation", "prompt")
 # Content parts whose token count is not bounded by their JSON size (an image URL of 40 bytes
@@ -121,19 +80,19 @@ def shape_request(
     The store settles on the engine's real usage afterwards, so over-reserving only delays a request near a
     limit; it never over-charges.
     """
-    fields = FIELDS.get(route)
-    if fields is None:
+    spec = ROUTES.get(route)
+    if spec is None:
         raise ValueError(f"no parameter policy for route {route!r}")
-    _check_fields(body, fields, params.allowed_fields)
+    _check_fields(body, spec.fields, params.allowed_fields)
     shaped = dict(body)
     stream, include_usage = _shape_stream(route, shaped)
-    out = _shape_output(route, shaped, params, max_model_len)
-    choices = _check_choices(route, shaped, params.max_n)
+    out = _shape_output(spec, shaped, params, max_model_len)
+    choices = _check_choices(spec, shaped, params.max_n)
     _apply_system_prompt(route, shaped, params.system_prompt)
     if cache_salt is not None and route != EMBEDDINGS and shaped.get("cache_salt") is None:
         shaped["cache_salt"] = cache_salt
     max_prompt = params.max_prompt_tokens
-    reserve = _reserve(route, shaped, max_prompt, max_model_len, out, choices)
+    reserve = _reserve(spec, shaped, max_prompt, max_model_len, out, choices)
     return Shaped(shaped, reserve, max_prompt, params.request_timeout_s, stream, include_usage)  # positional: faster
 
 
@@ -179,9 +138,9 @@ def _shape_stream(route: str, shaped: dict[str, Any]) -> tuple[bool, bool]:
     return True, asked
 
 
-def _shape_output(route: str, shaped: dict[str, Any], params: Parameters, max_model_len: int) -> int:
+def _shape_output(spec: Route, shaped: dict[str, Any], params: Parameters, max_model_len: int) -> int:
     """Validate and cap the output fields; return the most tokens one choice may generate."""
-    names = _OUTPUT_FIELDS[route]
+    names = spec.output_fields
     if not names:
         return 0
     cap = params.max_output_tokens
@@ -204,10 +163,10 @@ def _shape_output(route: str, shaped: dict[str, Any], params: Parameters, max_mo
     return min(out, max_model_len)
 
 
-def _check_choices(route: str, shaped: dict[str, Any], max_n: int) -> int:
+def _check_choices(spec: Route, shaped: dict[str, Any], max_n: int) -> int:
     """Validate ``best_of`` and ``n`` against the key's ``max_n``; return the number of sequences per prompt."""
     choices = 1
-    for name in _CHOICE_FIELDS[route]:
+    for name in spec.choice_fields:
         value = shaped.get(name)
         if value is None:
             continue
@@ -255,15 +214,15 @@ def _batch_size(value: Any) -> int:
     return 1
 
 
-def _reserve(route: str, shaped: dict[str, Any], max_prompt: int | None, max_model_len: int, out: int, n: int) -> int:
-    batched = _BATCHED.get(route)
+def _reserve(spec: Route, shaped: dict[str, Any], max_prompt: int | None, max_model_len: int, out: int, n: int) -> int:
+    route, batched = spec.path, spec.batched_field
     prompts = 1 if batched is None else _batch_size(shaped.get(batched))
     per_prompt = max_model_len if max_prompt is None else min(max_prompt, max_model_len)
     ceiling = per_prompt * prompts
     if route == RESPONSES and any(shaped.get(name) is not None for name in _STORED_CONTEXT):
         bound = ceiling
     else:
-        text = _encode(list(map(shaped.get, _PROMPT_FIELDS[route])))
+        text = _encode(list(map(shaped.get, spec.prompt_fields)))
         # Every name _OPAQUE_PARTS matches holds one of these words: the regex runs only if it may match.
         maybe_opaque = "image" in text or "audio" in text or "video" in text or "file" in text
         if maybe_opaque and _OPAQUE_PARTS.search(text):

@@ -15,16 +15,11 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from service.observability.metrics import NO_TENANT, UNKNOWN_MODEL, ServiceMetrics
+from service.protocol.routes import ROUTES
 
 Message = MutableMapping[str, Any]
 Send = Callable[[Message], Awaitable[None]]
 
-ROUTES = {
-    "/v1/chat/completions": "chat",
-    "/v1/completions": "completions",
-    "/v1/responses": "responses",
-    "/v1/embeddings": "embeddings",
-}
 CLIENT_CLOSED = 499  # nginx's code for a client that left before the response started
 
 
@@ -76,7 +71,7 @@ class RequestMetrics:
         self._tokens: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def start(self, path: str, request_id: str = "", trace_id: str | None = None) -> Observation:
-        return Observation(ROUTES[path], self._decision, request_id, trace_id)
+        return Observation(ROUTES[path].operation, self._decision, request_id, trace_id)
 
     def watch(self, obs: Observation, send: Send) -> Send:
         """``send``, noting the status and when each streamed body chunk leaves."""

@@ -28,8 +28,6 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from service.observability.metrics import paddock_version
 
-# gen_ai.operation.name per route (the Responses API is a chat in GenAI terms)
-OPERATION_NAMES = {"chat": "chat", "completions": "text_completion", "responses": "chat", "embeddings": "embeddings"}
 _PROPAGATOR = TraceContextTextMapPropagator()
 # request field -> span attribute (GenAI semantic conventions)
 REQUEST_ATTRIBUTES = {

@@ -112,7 +112,6 @@ async def test_kills_refuse_new_requests_and_cut_running_ones(gov) -> None:
     a = await governor.authenticate(f"Bearer {keys['a']}", "x")
     model = governor.resolve(a, "chat")
     running = await governor.admit(a, model, "/v1/chat/completions", BODY, "r1", "x")
-    running.task = None  # no task to cancel here; the flag is what the ingress reads
     await governor.store.kill("key:ka", "leak", "admin")
     await governor.refresh_kills()
     assert running.killed

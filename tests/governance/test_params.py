@@ -1,4 +1,4 @@
-"""The request parameter policy (service/governance/params.py)."""
+"""The request parameter policy (service/governance/params.py) over the route table's fields."""
 
 from __future__ import annotations
 
@@ -12,11 +12,6 @@ import pytest
 from service.governance.params import (
     _ENCODER,
     _OPAQUE_PARTS,
-    CHAT,
-    COMPLETIONS,
-    EMBEDDINGS,
-    FIELDS,
-    RESPONSES,
     TEMPLATE_TOKENS,
     TOOLS_TOKENS,
     Shaped,
@@ -25,6 +20,7 @@ from service.governance.params import (
 )
 from service.governance.policy import Parameters
 from service.governance.refusal import Refusal
+from service.protocol.routes import CHAT, COMPLETIONS, EMBEDDINGS, FIELDS, RESPONSES
 
 MML = 4096
 USER_HI = [{"role": "user", "content": "hi"}]

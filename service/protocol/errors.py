@@ -1,8 +1,10 @@
-"""The one place where failures become OpenAI-shaped errors.
+"""OpenAI's error body, and the constructors of every error Paddock answers with.
 
-Every error Paddock returns — from routing, the engine, the serving
-infrastructure or a stream that fails after its 200 — has the body
-``{"error": {"message", "type", "param", "code"}}`` and ``application/json``.
+Every error Paddock returns — from routing, governance, the engine, the
+serving infrastructure or a stream that fails after its 200 — is an
+:class:`APIError` (governance's ``Refusal`` is one too) and leaves as the body
+``{"error": {"message", "type", "param", "code"}}`` with ``application/json``.
+Any layer may raise these; only the HTTP layer (``service.api.asgi``) writes them.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ class APIError(Exception):
     def sse_event(self) -> bytes:
         """The in-band end of a stream that already sent its 200."""
         return b"data: " + self.body() + b"\n\ndata: [DONE]\n\n"
+
+
+class Disconnected(Exception):
+    """The client went away (while its body was read, or before its response ended)."""
 
 
 def invalid_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
@@ -130,33 +136,3 @@ def normalise_error_body(status: int, body: bytes) -> APIError:
         code=error.get("code") if isinstance(error.get("code"), str) else fallback.code,
         param=error.get("param") if isinstance(error.get("param"), str) else None,
     )
-
-
-# Governance refusals (``service.governance.refusal``): reason -> (status, type, code).
-_REFUSALS: dict[str, tuple[int, str, str]] = {
-    "missing_api_key": (401, "invalid_request_error", "invalid_api_key"),
-    "invalid_api_key": (401, "invalid_request_error", "invalid_api_key"),
-    "auth_throttled": (429, "rate_limit_error", "rate_limit_exceeded"),
-    "tenant_disabled": (403, "permission_error", "tenant_disabled"),
-    "killed": (503, "server_error", "disabled_by_operator"),
-    "invalid_parameter": (400, "invalid_request_error", "invalid_value"),
-    "unknown_parameter": (400, "invalid_request_error", "unknown_parameter"),
-    "rate_limited": (429, "rate_limit_error", "rate_limit_exceeded"),
-    "insufficient_quota": (429, "insufficient_quota", "insufficient_quota"),
-    "store_unavailable": (503, "server_error", "governance_unavailable"),
-}
-
-
-def from_refusal(refusal) -> APIError:  # type: ignore[no-untyped-def] - a governance Refusal
-    """A governance refusal in OpenAI's shape, with its status and headers."""
-    if refusal.reason == "model_not_found":
-        return model_not_found(refusal.param or "")
-    status, kind, code = _REFUSALS[refusal.reason]
-    headers = dict(refusal.headers)
-    if refusal.retry_after_s is not None:
-        headers["retry-after"] = str(int(refusal.retry_after_s))
-    if refusal.reason == "killed":
-        headers["x-should-retry"] = "false"
-    if status == 401:
-        headers["www-authenticate"] = 'Bearer realm="paddock"'
-    return APIError(status, refusal.message, type=kind, code=code, param=refusal.param, headers=headers)

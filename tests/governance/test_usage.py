@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from service.api.usage import UsageTap
 from service.governance.store.base import Usage
+from service.governance.usage import UsageTap
 
 
 def events(*data: object) -> bytes:

@@ -1,0 +1,176 @@
+"""One governed request, from receipt to settlement, as governance sees it.
+
+The ingress opens an :class:`Intake` for every API request. Inside it, the
+request is authenticated, its model resolved and the request admitted; any
+protocol error raised inside (a governance :class:`Refusal`, or the ingress's
+own 400/404/413) is written to the audit log as the refused request's record
+when the intake closes. Admission returns a :class:`Ticket`, whose admitted
+record is on file before anything is forwarded. The ticket then runs the
+request's work (:meth:`Ticket.run`) until it ends, times out or is killed —
+a kill is a future the request itself waits on, never a cancel from outside —
+and :meth:`Ticket.close` settles the reservation on the engine's usage and
+writes the completed record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+from service.config.schema import ModelConfig
+from service.governance.keys import Principal
+from service.governance.params import Shaped
+from service.governance.refusal import Refusal
+from service.governance.store.base import Reservation, Usage
+from service.governance.usage import UsageTap
+from service.protocol.errors import APIError, Disconnected, timeout
+
+if TYPE_CHECKING:
+    from service.governance.governor import Governor
+
+Outcome = Literal["ok", "killed", "timeout", "error", "client_disconnected", "cancelled"]
+
+
+@dataclass(eq=False, slots=True)
+class Ticket:
+    """One admitted request, from decision to settlement."""
+
+    request_id: str
+    principal: Principal
+    model: ModelConfig
+    route: str
+    shaped: Shaped
+    reservation: Reservation
+    lease_id: str | None
+    headers: dict[str, str]
+    started: float
+    client: str
+    governor: Governor | None = field(default=None, repr=False)
+    tap: UsageTap | None = None  # reads usage (and the text, if audited) off the relayed response
+    killed: str | None = None  # the kill's message, once killed
+    killed_by: str = ""  # the kill's scope, e.g. "model:x"
+    settled: bool = False
+    outcome: Outcome = "ok"
+    _stop: asyncio.Future[None] | None = field(default=None, repr=False)
+
+    def kill(self, message: str, scope: str = "all") -> None:
+        """Stop this request: :meth:`run` ends its work and raises the kill's refusal."""
+        if self.killed is None:
+            self.killed, self.killed_by = message, scope
+            if self._stop is not None and not self._stop.done():
+                self._stop.set_result(None)
+
+    def _kill_refusal(self) -> Refusal:
+        self.outcome = "killed"
+        return Refusal("killed", self.killed or "", detail=self.killed_by)
+
+    async def run(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run the request's work until it ends, its time limit passes (504) or it is killed (503).
+
+        Either way its work has stopped when this returns or raises; ``outcome`` says how it ended.
+        """
+        if self.killed is not None:
+            work.close()
+            raise self._kill_refusal()
+        loop = asyncio.get_running_loop()
+        stop = self._stop = loop.create_future()
+        task = loop.create_task(work)
+        try:
+            async with asyncio.timeout(self.shaped.timeout_s):
+                await asyncio.wait((task, stop), return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            self.outcome = "timeout"
+            raise timeout("The request exceeded its time limit.") from None
+        except asyncio.CancelledError:
+            self.outcome = "cancelled"
+            raise
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        killed = stop.done()
+        if task.cancelled():  # by the finally above, after the kill
+            if killed:
+                raise self._kill_refusal()
+            self.outcome = "cancelled"
+            raise asyncio.CancelledError
+        error = task.exception()
+        if error is None:
+            return
+        if killed:
+            raise self._kill_refusal() from None
+        self.outcome = "client_disconnected" if isinstance(error, Disconnected) else "error"
+        raise error
+
+    async def close(self, status: int, response_started: bool) -> Usage | None:
+        """Settle on the engine's usage (the whole reservation if unknown) and write the completed record."""
+        assert self.governor is not None
+        tap = self.tap
+        usage = tap.usage if tap else None
+        if usage is None and not response_started:
+            usage = Usage(0, 0)  # refused upstream before generating anything
+        await self.governor.settle(self, usage)
+        completion = tap.completion() if tap and self.principal.tenant.audit.include_text else None
+        self.governor.trail.completed(self, status=status, usage=usage, outcome=self.outcome, completion=completion)
+        return usage
+
+
+class Intake:
+    """A request on its way in: authenticated, resolved and admitted, or refused on the record."""
+
+    __slots__ = ("_governor", "request_id", "route", "client", "started", "principal", "model")
+
+    def __init__(self, governor: Governor, request_id: str, route: str, client: str) -> None:
+        self._governor = governor
+        self.request_id, self.route, self.client = request_id, route, client
+        self.started = time.monotonic()
+        self.principal: Principal | None = None
+        self.model: ModelConfig | None = None
+
+    async def __aenter__(self) -> Intake:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if isinstance(error, APIError):  # refused before it was forwarded, by governance or the ingress
+            self._record_refusal(error)
+
+    def _record_refusal(self, error: APIError) -> None:
+        refusal = error if isinstance(error, Refusal) else None
+        self._governor.trail.refused(
+            request_id=self.request_id,
+            route=self.route,
+            client=self.client,
+            reason=refusal.reason if refusal else error.code or error.type,
+            detail=refusal.detail if refusal else None,
+            status=error.status,
+            started=self.started,
+            principal=self.principal,
+            model=self.model.id if self.model else None,
+        )
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        self.principal = await self._governor.authenticate(authorization, self.client)
+        return self.principal
+
+    def resolve(self, name: str) -> ModelConfig | None:
+        """The model ``name`` names, if this principal may use it (a model not allowed reads as unknown)."""
+        assert self.principal is not None
+        return self._governor.resolve(self.principal, name)
+
+    async def admit(self, model: ModelConfig, body: dict[str, Any], *, finish_reasons: bool = False) -> Ticket:
+        """Admit the request (its admitted record is written before this returns)."""
+        assert self.principal is not None
+        self.model = model
+        ticket = await self._governor.admit(self.principal, model, self.route, body, self.request_id, self.client)
+        shaped, keep_text = ticket.shaped, self.principal.tenant.audit.include_text
+        ticket.tap = UsageTap(False, shaped.stream and not shaped.include_usage, keep_text, finish_reasons)
+        self._governor.trail.admitted(ticket)
+        return ticket
