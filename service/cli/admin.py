@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import urllib.error
 import urllib.parse
@@ -12,20 +11,24 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from service.cli.common import tool_settings
 from service.config.settings import Settings
 
 
-def _token(args: argparse.Namespace) -> str:
-    if os.environ.get("PADDOCK_ADMIN_TOKEN"):
-        return os.environ["PADDOCK_ADMIN_TOKEN"]
-    path = args.token_file or Settings().resolved_admin_token_file()
+def _token(args: argparse.Namespace, settings: Settings) -> str:
+    """PADDOCK_ADMIN_TOKEN, else the token file (--token-file, else the settings' one)."""
+    if settings.admin_token is not None:
+        return settings.admin_token.get_secret_value()
+    path = args.token_file or settings.resolved_admin_token_file()
     return path.read_text().strip()
 
 
 def call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
+    settings = tool_settings()
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(args.url.rstrip("/") + path, data=data, method=method)
-    request.add_header("authorization", f"Bearer {_token(args)}")
+    url = args.url or settings.admin_url
+    request = urllib.request.Request(url.rstrip("/") + path, data=data, method=method)
+    request.add_header("authorization", f"Bearer {_token(args, settings)}")
     if data is not None:
         request.add_header("content-type", "application/json")
     try:
@@ -60,7 +63,7 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     admin = sub.add_parser("admin", help="kill switch, keys and usage (needs the admin token)")
-    admin.add_argument("--url", default=os.environ.get("PADDOCK_ADMIN_URL", "http://127.0.0.1:8001"))
+    admin.add_argument("--url", help="admin API base URL (default: $PADDOCK_ADMIN_URL, else http://127.0.0.1:8001)")
     admin.add_argument("--token-file", type=Path, help="admin token file (default: the local state dir's)")
     actions = admin.add_subparsers(dest="action", required=True)
     for name, words in (("disable", "switch off at once (streams in flight end)"), ("enable", "switch back on")):

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from service.cli.common import tool_settings
 from service.governance.audit import read_key_file, verify_file
 
-KEY_FILE_ENV = "PADDOCK_AUDIT_KEY_FILE"
+KEY_FILE_ENV = "PADDOCK_AUDIT_KEY_FILE"  # Settings.audit_key_file
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    key_file = args.key_file or os.environ.get(KEY_FILE_ENV) or None
+    key_file = args.key_file or tool_settings().audit_key_file
     key = None
     if key_file is not None:
         try:

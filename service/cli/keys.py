@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from service.cli.common import tool_settings
 from service.governance.keys import hash_key, new_key, new_key_id
 from service.governance.policy import GovernanceFile, valid_id
 from service.governance.reload import GovernanceError, load_governance
@@ -35,8 +36,9 @@ def parse_when(value: str, now: datetime) -> datetime:
 
 
 def _secret(args: argparse.Namespace) -> bytes | None:
-    path = args.secret_file or os.environ.get("PADDOCK_KEY_SECRET_FILE")
-    return Path(path).read_bytes().strip() if path else None
+    """The server secret: --secret-file, else PADDOCK_KEY_SECRET_FILE (the file the server reads)."""
+    path = args.secret_file or tool_settings().key_secret_file
+    return path.read_bytes().strip() if path else None
 
 
 def make_entry(args: argparse.Namespace, now: datetime) -> tuple[str, dict[str, Any]]:
@@ -121,7 +123,11 @@ def register(sub: Any) -> None:
         parser.add_argument("--models", help="comma-separated allow-list for this key (default: the tenant's)")
         parser.add_argument("--expires", help="e.g. 90d, 12h or 2027-01-31")
         parser.add_argument("--id", help="key id (default: <tenant>-<date>-<random>)")
-        parser.add_argument("--secret-file", type=Path, help="server secret: store an HMAC-SHA-256 hash")
+        parser.add_argument(
+            "--secret-file",
+            type=Path,
+            help="server secret: store an HMAC-SHA-256 hash (default: $PADDOCK_KEY_SECRET_FILE)",
+        )
     create.add_argument("--append", type=Path, help="add the entry to this governance file")
     create.set_defaults(func=cmd_create)
     rotate.add_argument("--old-key", required=True, help="id of the key being replaced")

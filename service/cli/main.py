@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from service.cli import admin, audit, keys
-from service.config.loader import ConfigError, default_config_text, load_config
+from service.cli.common import SettingsError, read_settings
+from service.config.loader import ConfigError, apply_settings, default_config_text, load_config
 from service.config.schema import ServiceConfig
 from service.config.settings import Settings
 from service.governance.reload import GovernanceError
@@ -24,17 +25,12 @@ def _settings(args: argparse.Namespace) -> Settings:
         }.items()
         if v is not None
     }
-    return Settings(**overrides)
+    return read_settings(**overrides)
 
 
 def _config(settings: Settings) -> ServiceConfig:
-    config = load_config(settings.config)
-    ingress = config.ingress.model_copy(
-        update={k: v for k, v in {"host": settings.host, "port": settings.port}.items() if v is not None}
-    )
-    admin = config.admin.model_copy(update={"port": settings.admin_port} if settings.admin_port else {})
-    metrics = config.metrics.model_copy(update={"port": settings.metrics_port} if settings.metrics_port else {})
-    return config.model_copy(update={"ingress": ingress, "admin": admin, "metrics": metrics})
+    """The service config, with the settings' overrides (the same ones the app builder applies)."""
+    return apply_settings(load_config(settings.config), settings)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -94,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
-    except (ConfigError, GovernanceError, keys.KeysError) as error:
+    except (ConfigError, GovernanceError, SettingsError, keys.KeysError) as error:
         print(f"paddock: {error}", file=sys.stderr)
         return 2
 

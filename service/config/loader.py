@@ -6,6 +6,8 @@
 * the ``args`` Ray Serve hands to the app builder (``serve deploy``, KubeRay).
 
 Every failure is a :class:`ConfigError` naming the file (or origin) and the key.
+:func:`apply_settings` is the one place where process settings (``PADDOCK_HOST`` …)
+override the loaded config, for every entry point alike.
 """
 
 from __future__ import annotations
@@ -19,8 +21,17 @@ import yaml
 from pydantic import ValidationError
 
 from service.config.schema import ServiceConfig
+from service.config.settings import Settings
 
 APP_BUILDER_IMPORT_PATH = "service.serve.builder:app_builder"
+
+# Settings field -> (config section, key): every override the process settings make to the service config.
+SETTINGS_OVERRIDES: dict[str, tuple[str, str]] = {
+    "host": ("ingress", "host"),
+    "port": ("ingress", "port"),
+    "admin_port": ("admin", "port"),
+    "metrics_port": ("metrics", "port"),
+}
 
 
 class ConfigError(ValueError):
@@ -115,3 +126,22 @@ def default_config() -> ServiceConfig:
 def load_config(path: Path | None) -> ServiceConfig:
     """The config at ``path``, or the embedded default when none is given."""
     return default_config() if path is None else load_config_file(path)
+
+
+def apply_settings(config: ServiceConfig, settings: Settings) -> ServiceConfig:
+    """``config`` with the settings' overrides (:data:`SETTINGS_OVERRIDES`); unset settings change nothing.
+
+    Every entry point calls it: ``paddock serve`` and ``prepare``, and the app builder (``serve deploy``,
+    the chart's RayService), so that ``PADDOCK_PORT`` and the others mean the same everywhere. The
+    overrides are absolute values: applying them again (the CLI, then the app builder) changes nothing.
+    """
+    data = config.model_dump()
+    applied = []
+    for field, (section, key) in SETTINGS_OVERRIDES.items():
+        value = getattr(settings, field)
+        if value is not None:
+            data[section][key] = value
+            applied.append(f"PADDOCK_{field.upper()}")
+    if not applied:
+        return config
+    return parse_config(data, f"service config with {', '.join(applied)}")

@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PADDOCK_", extra="forbid", frozen=True)
 
     config: Path | None = Field(default=None, description="Service config YAML; none = embedded default.")
+    # Overrides of the service config, applied by config.loader.apply_settings at every entry point
+    # (paddock serve/prepare, serve deploy and the chart's RayService through the app builder).
     host: str | None = Field(default=None, description="Overrides ingress.host of the config.")
     port: int | None = Field(default=None, ge=1, le=65535, description="Overrides ingress.port.")
     admin_port: int | None = Field(default=None, ge=1, le=65535, description="Overrides admin.port.")
@@ -76,9 +78,14 @@ class Settings(BaseSettings):
     audit_dir: Path | None = Field(default=None, description="Audit log directory; none = <state_dir>/audit.")
     audit_key_file: Path | None = Field(default=None, description="HMAC key chaining the audit log.")
     audit_stdout: bool = Field(default=True, description="Also write audit records to stdout for log shipping.")
-    admin_token: SecretStr | None = Field(default=None, description="Admin API token.")
+    admin_token: SecretStr | None = Field(
+        default=None, description="Admin API token (the server's, and the one `paddock admin` sends)."
+    )
     admin_token_file: Path | None = Field(
         default=None, description="Admin API token file; none = <state_dir>/admin-token, created if missing."
+    )
+    admin_url: str = Field(
+        default="http://127.0.0.1:8001", description="Admin API base URL `paddock admin` calls (--url overrides)."
     )
     trusted_proxies: tuple[str, ...] = Field(
         default=(), description="Networks whose X-Forwarded-For is believed (JSON list in the env)."

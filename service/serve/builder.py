@@ -3,6 +3,9 @@
 ``import_path: service.serve.builder:app_builder`` in a Ray Serve config file
 (``serve deploy``, a KubeRay RayService) with the Paddock service config as
 ``args``; ``paddock serve`` calls :func:`build_app` with the same config.
+Either way :func:`build_app` applies the ``PADDOCK_*`` overrides (``PADDOCK_PORT`` …)
+of the process that builds the app: the Ray node's environment for ``serve deploy``
+and the chart's RayService, the CLI's settings for ``paddock serve``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from service.config.loader import parse_config
+from service.config.loader import apply_settings, parse_config
 from service.config.schema import ModelConfig, ServiceConfig
 from service.config.settings import Settings
 from service.serve.deployments import Ingress, ModelServer, Registry
@@ -71,8 +74,13 @@ def model_options(model: ModelConfig, drain_timeout_s: float) -> dict[str, Any]:
 
 
 def build_app(config: ServiceConfig, settings: Settings | None = None) -> Application:
-    """The Serve application: a registry, one deployment per model, and the ingress."""
+    """The Serve application: a registry, one deployment per model, and the ingress.
+
+    ``settings`` default to this process's environment; their overrides are applied to ``config``
+    (again, if the caller already did: that changes nothing).
+    """
     settings = settings or Settings()
+    config = apply_settings(config, settings)
     token = settings.internal_token or secrets.token_urlsafe(32)
     ingress = config.ingress
     registry = Registry.bind()
@@ -93,5 +101,9 @@ def build_app(config: ServiceConfig, settings: Settings | None = None) -> Applic
 
 
 def app_builder(args: dict[str, Any]) -> Application:
-    """Entry point for Ray Serve config files: ``args`` is the Paddock service config."""
-    return build_app(parse_config(args, "Ray Serve application args"))
+    """Entry point for Ray Serve config files: ``args`` is the Paddock service config.
+
+    Settings come from the environment of the Ray process that builds the app (container env,
+    or the application's ``runtime_env.env_vars``), read here, when Ray calls the builder.
+    """
+    return build_app(parse_config(args, "Ray Serve application args"), Settings())

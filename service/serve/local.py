@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import MutableMapping
 
+from service.config.loader import apply_settings
 from service.config.schema import ServiceConfig
 from service.config.settings import Settings
 
@@ -102,6 +103,7 @@ def deploy(config: ServiceConfig, settings: Settings, timeout_s: float = 900.0) 
 
     from service.serve.builder import build_app
 
+    config = apply_settings(config, settings)  # what build_app serves: the URL must be its
     start_ray(config, settings)
     serve.start(proxy_location="Disabled", http_options={"host": "127.0.0.1"})
     serve.run(build_app(config, settings), name=APP_NAME, route_prefix=None, blocking=False)
@@ -144,6 +146,7 @@ def models_summary(config: ServiceConfig) -> str:
 
 def serve_forever(config: ServiceConfig, settings: Settings) -> None:
     """Run until SIGINT/SIGTERM, then stop every process that was started."""
+    config = apply_settings(config, settings)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -325,6 +325,11 @@ Render-time checks that the schema cannot express.
 {{- if and (eq .Values.mode "rayservice") .Values.ingress.max_replicas_per_node (ne (int .Values.ingress.max_replicas_per_node) 1) }}
 {{- fail "ingress.max_replicas_per_node must be 1 (or null) in rayservice mode: one Paddock ingress per Ray node owns the serve port, its /-/healthz and metrics port" }}
 {{- end }}
+{{- range .Values.extraEnv }}
+{{- if has .name (list "PADDOCK_HOST" "PADDOCK_PORT" "PADDOCK_ADMIN_PORT" "PADDOCK_METRICS_PORT") }}
+{{- fail (printf "extraEnv: %s would override the service config in both modes, but the chart's ports, Services and probes follow the values: set ingress, admin and metrics in values instead" .name) }}
+{{- end }}
+{{- end }}
 {{- if and .Values.tracing.enabled (not .Values.tracing.otlpEndpoint) }}
 {{- fail "tracing.otlpEndpoint is required when tracing is enabled (e.g. http://otel-collector.observability:4318)" }}
 {{- end }}
