@@ -24,8 +24,9 @@ from pathlib import Path
 import yaml
 from openai import OpenAI
 
-from bench.prometheus import start_prometheus
-from bench.servers import ROOT, Server, _spawn, free_port
+from bench.servers import ROOT, Server, _spawn
+from harness.ports import free_port
+from harness.prometheus import start_prometheus
 from service.governance.keys import hash_key, new_key
 
 CHAT, EMBED = "smollm2-135m-instruct", "all-minilm-l6-v2"

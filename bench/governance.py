@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from harness.ports import free_port
 from service.config.loader import parse_config
 from service.governance.audit import AuditLog
 from service.governance.governor import GovernanceOptions, Governor, effective
@@ -185,9 +186,7 @@ def _pong(port: int) -> bool:
 def redis_server() -> Iterator[str]:
     """A ``redis-server`` of our own on a free loopback port (no persistence); always stopped."""
     with tempfile.TemporaryDirectory(prefix="paddock-govbench-redis-") as directory:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         argv = [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1"]
         argv += ["--save", "", "--appendonly", "no", "--dir", directory]
         process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

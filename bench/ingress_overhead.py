@@ -24,13 +24,13 @@ from aiohttp import web
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from bench.governance import build_governor
-from bench.servers import free_port
+from harness.ports import free_port
+from harness.standins import OneReplicaDirectory, serve
 from service.api.ingress import IngressApp
 from service.api.upstream import Endpoint, Upstream
 from service.config.loader import parse_config
 from service.observability.metrics import ServiceMetrics
 from service.observability.tracing import Tracing
-from tests.api.standins import OneReplicaDirectory, serve
 
 CHUNKS = 64
 GAP_S = 0.001  # between chunks, so that each one travels on its own (a decode step is ~10-30 ms)

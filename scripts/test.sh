@@ -6,6 +6,6 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 bash scripts/install-tools.sh # redis-server (governance store tests), prometheus and promtool (observability)
 bash scripts/install-chart-tools.sh # helm, kubernetes-validate, checkov for tests/helm (into .cache/tools)
-.venv/bin/ruff check service tests bench scripts
-.venv/bin/ruff format --check --quiet service tests bench scripts
+.venv/bin/ruff check service harness tests bench scripts
+.venv/bin/ruff format --check --quiet service harness tests bench scripts
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
@@ -12,6 +11,7 @@ import pytest
 import uvicorn
 from aiohttp import web
 
+from harness.ports import free_port
 from service.api.ingress import IngressApp
 from service.api.upstream import INTERNAL_TOKEN_HEADER, Endpoint, Upstream
 from service.config.loader import parse_config
@@ -33,12 +33,6 @@ CONFIG = parse_config(
     },
     "test",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class StaticDirectory:

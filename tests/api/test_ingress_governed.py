@@ -12,7 +12,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from bench.servers import free_port
+from harness.ports import free_port
+from harness.standins import OneReplicaDirectory, serve
 from service.api.ingress import IngressApp
 from service.api.metrics_app import MetricsApp
 from service.api.upstream import Endpoint, Upstream
@@ -26,7 +27,6 @@ from service.governance.reload import PolicyHolder
 from service.governance.store import open_store
 from service.governance.store.local import LocalStore
 from service.observability.metrics import ServiceMetrics
-from tests.api.standins import OneReplicaDirectory, serve
 
 TOKEN = "internal"
 CONFIG = parse_config(

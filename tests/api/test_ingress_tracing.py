@@ -11,12 +11,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bench.servers import free_port
+from harness.ports import free_port
+from harness.standins import OneReplicaDirectory, serve
 from service.api.ingress import IngressApp
 from service.api.upstream import Endpoint, Upstream
 from service.config.loader import parse_config
 from service.observability.tracing import Tracing, otlp_exporter, otlp_traces_endpoint
-from tests.api.standins import OneReplicaDirectory, serve
 from tests.otlp_receiver import OtlpReceiver
 
 TOKEN = "internal"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,8 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from bench.servers import free_port, kill_strays
+from harness.ports import free_port
+from harness.processes import kill_strays, stop_process_group
 from tests.otlp_receiver import OtlpReceiver
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,19 +140,7 @@ def _wait_ready(stack: Stack) -> None:
 
 
 def _stop(stack: Stack) -> None:
-    process = stack.process
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            pass
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        time.sleep(2)
+    stop_process_group(stack.process)
     kill_strays(stack.ray_dir)
     shutil.rmtree(stack.ray_dir, ignore_errors=True)
     shutil.rmtree(stack.state_dir, ignore_errors=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.prometheus import Prometheus, start_prometheus
+from harness.prometheus import Prometheus, start_prometheus
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAT = "smollm2-135m-instruct"

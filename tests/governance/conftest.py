@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.servers import free_port
+from harness.ports import free_port
 from service.governance.store import open_store
 
 BACKENDS = ["local", "redis"]

@@ -11,7 +11,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.servers import free_port
+from harness.ports import free_port
 
 
 @dataclass

@@ -1,4 +1,8 @@
-"""Stand-ins shared by the ingress tests."""
+"""Stand-ins for the ingress's collaborators, shared by the ingress tests and ``bench.ingress_overhead``.
+
+A replica directory with one always-ready replica, and ASGI apps served on loopback by the service's
+own uvicorn runner.
+"""
 
 from __future__ import annotations
 
