@@ -1,13 +1,15 @@
-"""Putting governance together from process settings (the ingress calls this)."""
+"""Putting governance together from process settings (the ingress, the benchmarks and the tests call this)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from service.config.schema import ServiceConfig
 from service.config.settings import Settings
@@ -76,7 +78,12 @@ def store_url(settings: Settings) -> str:
     return url
 
 
-def build_governor(config: ServiceConfig, settings: Settings, metrics: ServiceMetrics) -> Governor:
+def build_governor(config: ServiceConfig, settings: Settings, metrics: ServiceMetrics, **tuning: Any) -> Governor:
+    """The one way a :class:`Governor` is put together: by the ingress, the benchmarks and the tests.
+
+    ``settings`` say where the policy, state store and audit log are; ``tuning`` replaces fields of
+    :class:`GovernanceOptions` that no setting names (e.g. a faster kill poll in tests).
+    """
     policy_path, _ = ensure_local_files(settings)
     key_secret = _read_secret(settings.key_secret_file)
     holder = PolicyHolder(
@@ -96,6 +103,7 @@ def build_governor(config: ServiceConfig, settings: Settings, metrics: ServiceMe
         auth_failures_per_minute=settings.auth_failures_per_minute,
         cache_salt_secret=key_secret or b"paddock-cache-salt",
     )
+    options = dataclasses.replace(options, **tuning)
     if settings.fail_open:
         log.warning("governance FAIL-OPEN: if the state store is unreachable, requests pass without limits")
     return Governor(config, holder, store, AuditTrail(writer, metrics), metrics, options)

@@ -8,14 +8,12 @@ import pytest
 import yaml
 
 from service.config.loader import parse_config
-from service.governance.audit import AuditLog
-from service.governance.governor import GovernanceOptions, Governor, effective
+from service.config.settings import Settings
+from service.governance.factory import build_governor
+from service.governance.governor import GovernanceOptions, effective
 from service.governance.keys import hash_key, new_key
-from service.governance.records import AuditTrail
 from service.governance.refusal import Refusal
-from service.governance.reload import PolicyHolder
 from service.governance.store.base import StoreUnavailable, Usage
-from service.governance.store.local import LocalStore
 from service.observability.metrics import ServiceMetrics
 
 CONFIG = parse_config(
@@ -50,15 +48,8 @@ async def gov(tmp_path: Path):
     ]
     path = tmp_path / "g.yaml"
     path.write_text(yaml.safe_dump({"tenants": tenants}))
-    metrics = ServiceMetrics()
-    governor = Governor(
-        CONFIG,
-        PolicyHolder(path),
-        LocalStore(tmp_path / "s.sqlite3"),
-        AuditTrail(AuditLog(tmp_path / "audit"), metrics),
-        metrics,
-        GovernanceOptions(auth_failures_per_minute=3),
-    )
+    settings = Settings(state_dir=tmp_path, governance_file=path, audit_stdout=False, admin_token="t")
+    governor = build_governor(CONFIG, settings, ServiceMetrics(), auth_failures_per_minute=3)
     yield governor, keys
     await governor.stop()
 

@@ -1,0 +1,176 @@
+"""One request's lifecycle in governance (service/governance/lifecycle.py): intake, ticket, kill, settlement.
+
+A real Governor from the one builder, a node-local store and a real audit log; the request's "work" is a
+plain coroutine, as the ingress's relay is one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from service.config.loader import parse_config
+from service.config.settings import Settings
+from service.governance.factory import build_governor
+from service.governance.keys import hash_key, new_key
+from service.governance.refusal import Refusal
+from service.governance.store.base import Usage
+from service.observability.metrics import ServiceMetrics
+from service.protocol import errors
+from service.protocol.routes import CHAT
+
+CONFIG = parse_config(
+    {"models": [{"id": "chat", "source": {"path": "/m"}, "kv_cache_memory": "1GiB", "max_model_len": 512}]}, "test"
+)
+BODY = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
+
+
+@pytest.fixture
+async def gov(tmp_path: Path):
+    key, slow = new_key(), new_key()
+    tenants = [
+        {"id": "acme", "models": ["*"], "keys": [{"id": "ka", "hash": hash_key(key)}]},
+        {
+            "id": "slow",
+            "models": ["*"],
+            "parameters": {"request_timeout_s": 0.2},
+            "keys": [{"id": "ks", "hash": hash_key(slow)}],
+        },
+    ]
+    policy = tmp_path / "governance.yaml"
+    policy.write_text(yaml.safe_dump({"tenants": tenants}))
+    settings = Settings(state_dir=tmp_path, governance_file=policy, audit_stdout=False, admin_token="t")
+    governor = build_governor(CONFIG, settings, ServiceMetrics(), kill_poll_s=0.05)
+    await governor.start()
+    yield governor, {"acme": key, "slow": slow}, tmp_path / "audit"
+    await governor.stop()
+
+
+def records(audit_dir: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for path in sorted(audit_dir.glob("*.jsonl")) for line in path.read_text().splitlines()]
+
+
+async def admitted(governor, key: str, rid: str):
+    async with governor.intake(rid, CHAT, "10.0.0.1") as intake:
+        await intake.authenticate(f"Bearer {key}")
+        return await intake.admit(intake.resolve("chat"), BODY)
+
+
+async def test_refusals_inside_the_intake_are_on_record_with_their_reason(gov) -> None:
+    governor, keys, audit = gov
+    with pytest.raises(Refusal):
+        async with governor.intake("r-auth", CHAT, "10.0.0.1") as intake:
+            await intake.authenticate("Bearer pk-wrong")
+    with pytest.raises(errors.APIError):
+        async with governor.intake("r-big", CHAT, "10.0.0.1") as intake:
+            await intake.authenticate(f"Bearer {keys['acme']}")
+            raise errors.payload_too_large(10)  # found by the ingress, recorded by governance
+    async with governor.intake("r-quiet", CHAT, "10.0.0.1") as intake:
+        await intake.authenticate(f"Bearer {keys['acme']}")  # nothing refused, nothing recorded
+    governor.trail.close()
+    refused = {r["request_id"]: r for r in records(audit) if r.get("phase") == "refused"}
+    assert set(refused) == {"r-auth", "r-big"}
+    assert (refused["r-auth"]["reason"], refused["r-auth"]["status"], refused["r-auth"]["tenant"]) == (
+        "invalid_api_key",
+        401,
+        None,
+    )
+    assert (refused["r-big"]["reason"], refused["r-big"]["status"], refused["r-big"]["tenant"]) == (
+        "payload_too_large",
+        413,
+        "acme",
+    )
+
+
+async def test_a_ticket_runs_its_work_settles_on_usage_and_completes_its_record(gov) -> None:
+    governor, keys, audit = gov
+    ticket = await admitted(governor, keys["acme"], "r-ok")
+    assert ticket in governor.active
+    ran = []
+
+    async def work() -> None:
+        ran.append(True)
+
+    await ticket.run(work())
+    ticket.tap.usage = Usage(5, 7)  # as the usage tap reads it off the relayed response
+    assert await ticket.close(200, response_started=True) == Usage(5, 7)
+    assert ran == [True] and ticket.outcome == "ok" and ticket.settled and ticket not in governor.active
+    governor.trail.close()
+    phases = [
+        (r["phase"], r.get("outcome"), r.get("charged_tokens")) for r in records(audit) if r.get("request_id") == "r-ok"
+    ]
+    assert phases == [("admitted", None, None), ("completed", "ok", 12)]
+
+
+async def test_a_kill_stops_the_work_from_inside_and_never_cancels_the_request_task(gov) -> None:
+    governor, keys, audit = gov
+    ticket = await admitted(governor, keys["acme"], "r-kill")
+    started, stopped = asyncio.Event(), []
+
+    async def work() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            stopped.append(True)
+            raise
+
+    async def kill_once_running() -> None:
+        await started.wait()
+        await governor.store.kill("tenant:acme", "test", "admin")  # the watcher delivers it within its poll
+
+    killer = asyncio.create_task(kill_once_running())
+    with pytest.raises(Refusal) as caught:
+        await asyncio.wait_for(ticket.run(work()), 10)
+    await killer
+    assert (caught.value.reason, caught.value.status, caught.value.code) == ("killed", 503, "disabled_by_operator")
+    assert stopped == [True] and ticket.outcome == "killed" and ticket.killed_by == "tenant:acme"
+    assert asyncio.current_task().cancelling() == 0  # the request's own task was never cancelled
+    assert await ticket.close(503, response_started=False) == Usage(0, 0)
+    governor.trail.close()
+    completed = [r for r in records(audit) if r.get("request_id") == "r-kill" and r["phase"] == "completed"]
+    assert [(r["outcome"], r["status"]) for r in completed] == [("killed", 503)]
+
+
+async def test_a_ticket_killed_before_it_runs_never_starts_its_work(gov) -> None:
+    governor, keys, _ = gov
+    ticket = await admitted(governor, keys["acme"], "r-early")
+    ticket.kill("Paddock is disabled by its operators; do not retry.", "all")
+    ran = []
+
+    async def work() -> None:
+        ran.append(True)
+
+    with pytest.raises(Refusal):
+        await ticket.run(work())
+    assert ran == [] and ticket.outcome == "killed"
+    await ticket.close(503, response_started=False)
+
+
+async def test_the_tenant_time_limit_ends_the_work_with_504(gov) -> None:
+    governor, keys, _ = gov
+    ticket = await admitted(governor, keys["slow"], "r-slow")
+    with pytest.raises(errors.APIError) as caught:
+        await ticket.run(asyncio.sleep(30))
+    assert (caught.value.status, caught.value.code, ticket.outcome) == (504, "timeout", "timeout")
+    await ticket.close(504, response_started=False)
+
+
+async def test_a_client_that_leaves_is_its_outcome_and_is_charged_its_reservation(gov) -> None:
+    governor, keys, audit = gov
+    ticket = await admitted(governor, keys["acme"], "r-gone")
+
+    async def work() -> None:
+        raise errors.Disconnected
+
+    with pytest.raises(errors.Disconnected):
+        await ticket.run(work())
+    assert ticket.outcome == "client_disconnected"
+    assert await ticket.close(499, response_started=True) is None  # a stream cut short: no usage seen
+    governor.trail.close()
+    completed = next(r for r in records(audit) if r.get("request_id") == "r-gone" and r["phase"] == "completed")
+    assert completed["charged_tokens"] == ticket.reservation.tokens
