@@ -25,7 +25,7 @@ from service.governance.lifecycle import Intake, Ticket
 from service.governance.params import shape_request
 from service.governance.policy import ALL_MODELS, Limits, Parameters
 from service.governance.records import AuditTrail
-from service.governance.refusal import Refusal
+from service.governance.refusal import Reason, Refusal
 from service.governance.reload import PolicyHolder
 from service.governance.store.base import LIMIT_KINDS, Admission, Quota, Reservation, Store, StoreUnavailable, Usage
 from service.observability.metrics import ServiceMetrics
@@ -151,7 +151,7 @@ class Governor:
         presented = bearer(authorization)
         principal = self.policy.index.lookup(presented) if presented else None
         if principal is None:
-            reason = "missing_api_key" if presented is None else "invalid_api_key"
+            reason: Reason = "missing_api_key" if presented is None else "invalid_api_key"
             message = (
                 "You didn't provide an API key. Send it as `Authorization: Bearer pk-…`."
                 if presented is None

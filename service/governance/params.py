@@ -125,11 +125,10 @@ def _shape_stream(route: str, shaped: dict[str, Any]) -> tuple[bool, bool]:
     if options is not None:
         if not isinstance(options, dict):
             raise _invalid("stream_options", "stream_options must be an object.")
-        asked = options.get("include_usage")
-        if asked is None:
-            asked = False
-        elif type(asked) is not bool:
+        given = options.get("include_usage")
+        if given is not None and type(given) is not bool:
             raise _invalid("stream_options", "stream_options.include_usage must be a boolean.")
+        asked = bool(given)
     if not stream:
         return False, False
     if route == RESPONSES:  # Responses streams end with usage in response.completed

@@ -37,10 +37,11 @@ def _text(data: Any) -> str:
     """Completion text of a body or stream event (for tenants who opted in to text audit)."""
     if not isinstance(data, dict):
         return ""
-    if isinstance(data.get("delta"), str):  # Responses API text delta
-        return data["delta"]
-    if isinstance(data.get("output_text"), str):
-        return data["output_text"]
+    delta, output = data.get("delta"), data.get("output_text")
+    if isinstance(delta, str):  # Responses API text delta
+        return delta
+    if isinstance(output, str):
+        return output
     parts = []
     for choice in data.get("choices") or ():
         if isinstance(choice, dict):

@@ -26,7 +26,7 @@ Semantics every backend implements (``tests/governance/test_store.py``):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypedDict
 
 LimitKind = Literal[
     "requests_per_minute", "tokens_per_minute", "max_concurrent_requests", "tokens_per_day", "tokens_per_month"
@@ -72,6 +72,13 @@ class BucketState:
     limit: int
     remaining: int
     reset_s: float  # seconds until the bucket is full again
+
+
+class BucketStates(TypedDict, total=False):
+    """The rate buckets a decision reports, as keyword arguments of :class:`Admission`."""
+
+    requests: BucketState
+    tokens: BucketState
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 from service.governance.store.base import (
     Admission,
     BucketState,
+    BucketStates,
     KillState,
     Quota,
     Reservation,
@@ -45,7 +47,10 @@ CREATE TABLE IF NOT EXISTS usage (
     PRIMARY KEY (day, tenant, key_id, model));
 INSERT OR IGNORE INTO meta VALUES ('kill_version', 0);
 """
-_RATE_KINDS = {"requests_per_minute": "requests", "tokens_per_minute": "tokens"}
+_RATE_KINDS: dict[str, Literal["requests", "tokens"]] = {
+    "requests_per_minute": "requests",
+    "tokens_per_minute": "tokens",
+}
 # Fields of a scope row and of a holder's row in the counter file (see counters.py).
 RPM, RPM_AT, TPM, TPM_AT, DAY, DAY_USED, MONTH, MONTH_USED = range(8)
 GEN, CONC, H_DAY, DAY_HELD, H_MONTH, MONTH_HELD = range(6)
@@ -317,8 +322,8 @@ def _decide(counters: CounterFile, reservation: Reservation, now: float) -> tupl
         i = RPM if quota.kind == "requests_per_minute" else TPM
         row[i], row[i + 1] = level, now
         counters.write(offset, row)
-    held = lease.conc or lease.day or lease.month
-    return Admission(True, None, 0.0, None, **_headers(after)), lease if held else None
+    holds = lease.conc or lease.day or lease.month
+    return Admission(True, None, 0.0, None, **_headers(after)), lease if holds else None
 
 
 def _hold(counters: CounterFile, me: Holder, lease: _Lease, sign: int) -> None:
@@ -364,8 +369,10 @@ def _charge(counters: CounterFile, reservation: Reservation, usage: Usage, now: 
         counters.write(offset, row)
 
 
-def _headers(after: dict[str, tuple[Quota, float]], denied: Quota | None = None, level: float = 0.0) -> dict:
-    states = {_RATE_KINDS[kind]: bucket_state(quota.limit, left) for kind, (quota, left) in after.items()}
+def _headers(after: dict[str, tuple[Quota, float]], denied: Quota | None = None, level: float = 0.0) -> BucketStates:
+    states: BucketStates = {}
+    for kind, (quota, left) in after.items():
+        states[_RATE_KINDS[kind]] = bucket_state(quota.limit, left)
     if denied is not None:
         states[_RATE_KINDS[denied.kind]] = bucket_state(denied.limit, level)
     return states

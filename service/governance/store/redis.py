@@ -30,7 +30,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from redis.asyncio import Redis
@@ -41,6 +41,7 @@ from redis.exceptions import RedisError
 
 from service.governance.store.base import (
     Admission,
+    BucketStates,
     KillState,
     LimitKind,
     Reservation,
@@ -284,7 +285,7 @@ class RedisStore:
         lease_id = uuid.uuid4().hex
         got = await self._run("admit", lease_ttl_s, reservation.tokens, lease_id, *_quota_args(reservation))
         admitted, reason, wait, rpm_limit, rpm_level, tpm_limit, tpm_level, lease = got
-        headers = {}
+        headers: BucketStates = {}
         if rpm_limit != "":
             headers["requests"] = bucket_state(int(rpm_limit), float(rpm_level))
         if tpm_limit != "":
@@ -321,7 +322,9 @@ class RedisStore:
     async def kills(self) -> KillState:
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
-                version, scopes = await pipe.get(self.prefix + "kills:version").hgetall(self.prefix + "kills").execute()
+                pipe.get(self.prefix + "kills:version")
+                pipe.hgetall(self.prefix + "kills")
+                version, scopes = await pipe.execute()
         except _ERRORS as error:
             raise self._unavailable(error) from error
         return _kill_state(int(version or 0), [item for pair in scopes.items() for item in pair])
@@ -345,20 +348,20 @@ class RedisStore:
         except _ERRORS as error:
             raise self._unavailable(error) from error
         finally:
-            await asyncio.shield(pubsub.aclose())
+            await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]  # redis-py's own, untyped
 
     # -- reports -----------------------------------------------------------
 
     async def last_used(self) -> dict[str, float]:
         try:
-            used = await self._redis.hgetall(self.prefix + "key_use")
+            used = cast(dict[str, str], await self._redis.hgetall(self.prefix + "key_use"))  # decode_responses
         except _ERRORS as error:
             raise self._unavailable(error) from error
         return {key: float(at) for key, at in used.items()}
 
     async def usage(self, since: str | None = None, until: str | None = None) -> list[UsageRow]:
         try:
-            known = await self._redis.smembers(self.prefix + "usage:days")
+            known = cast(set[str], await self._redis.smembers(self.prefix + "usage:days"))  # decode_responses
             days = sorted(d for d in known if (since or "") <= d <= (until or "9999"))
             async with self._redis.pipeline(transaction=False) as pipe:
                 for day in days:
