@@ -1,9 +1,9 @@
 """``python -m bench.governance``: the in-process governance decision, per request, in microseconds.
 
-Per key count: a governance file, a real Governor assembled as the service does it (policy file,
-``open_store``, hash-chained audit log, metrics) and one asyncio loop timing, per request, the decision
-(``authenticate`` + ``resolve`` + ``admit`` + the "admitted" audit record: everything the ingress does
-before forwarding) and the settlement (``settle`` + the "completed" record). ``--redis``: the same against
+Per key count: a governance file, a real Governor from the service's own builder (policy file, state
+store, hash-chained audit log, metrics) and one asyncio loop timing, per request, the decision (the
+intake: ``authenticate`` + ``resolve`` + ``admit`` + the "admitted" audit record, everything the ingress
+does before forwarding) and the settlement (``Ticket.close``: ``settle`` + the "completed" record). ``--redis``: the same against
 a ``redis-server`` of its own on loopback.
 """
 
@@ -29,13 +29,11 @@ from typing import Any
 
 from harness.ports import free_port
 from service.config.loader import parse_config
-from service.governance.audit import AuditLog
-from service.governance.governor import GovernanceOptions, Governor, effective
+from service.config.settings import Settings
+from service.governance.factory import build_governor
+from service.governance.governor import Governor, effective
 from service.governance.keys import hash_key, new_key
 from service.governance.params import shape_request
-from service.governance.records import AuditTrail
-from service.governance.reload import PolicyHolder
-from service.governance.store import open_store
 from service.governance.store.base import Reservation, Usage
 from service.observability.metrics import ServiceMetrics
 
@@ -65,18 +63,20 @@ def write_policy(path: Path, n_keys: int) -> list[str]:
     return keys
 
 
-def build_governor(workdir: Path, n_keys: int, store_url: str) -> tuple[Governor, list[str]]:
-    """A Governor put together as ``service.governance.factory.build_governor`` does."""
+def governor_for_bench(workdir: Path, n_keys: int, store_url: str) -> tuple[Governor, list[str]]:
+    """A Governor from the service's own builder (``service.governance.factory.build_governor``)."""
     model = {"id": MODEL, "source": {"path": "/m"}, "kv_cache_memory": "1GiB", "max_model_len": 2048}
     config = parse_config({"models": [model]}, "bench")
     keys = write_policy(workdir / "governance.yaml", n_keys)
-    metrics = ServiceMetrics()
-    reloaded = lambda result, error: metrics.policy_reloads.labels(result).inc()  # noqa: E731
-    holder = PolicyHolder(workdir / "governance.yaml", on_reload=reloaded)
-    store = open_store(store_url, workdir / "state")
-    trail = AuditTrail(AuditLog(workdir / "audit", stdout=None), metrics)
-    options = GovernanceOptions(cache_salt_secret=b"paddock-cache-salt")
-    return Governor(config, holder, store, trail, metrics, options), keys
+    settings = Settings(
+        state_dir=workdir / "state",
+        governance_file=workdir / "governance.yaml",
+        state_store=store_url,
+        audit_dir=workdir / "audit",
+        audit_stdout=False,
+        admin_token="bench",
+    )
+    return build_governor(config, settings, ServiceMetrics()), keys
 
 
 def percentiles(samples_ns: list[int]) -> dict[str, float]:
@@ -93,15 +93,14 @@ async def _timed_requests(governor: Governor, headers: list[str]) -> tuple[list[
     for i, authorization in enumerate(headers):
         request, rid = body(i), f"bench-{i}"  # parsed by the ingress before governance sees it
         start = clock()
-        principal = await governor.authenticate(authorization, "127.0.0.1")
-        model = governor.resolve(principal, MODEL)
-        ticket = await governor.admit(principal, model, ROUTE, request, rid, "127.0.0.1")
-        governor.trail.admitted(ticket)
+        async with governor.intake(rid, ROUTE, "127.0.0.1") as intake:
+            await intake.authenticate(authorization)
+            ticket = await intake.admit(intake.resolve(MODEL), request)
         decided = clock()
         await asyncio.sleep(0)  # the forward: let the governor's watchers run, as they would
         settling = clock()
-        await governor.settle(ticket, usage)
-        governor.trail.completed(ticket, status=200, usage=usage, outcome="ok")
+        ticket.tap.usage = usage  # as the usage tap reads it off the relayed response
+        await ticket.close(200, response_started=True)
         decisions.append(decided - start)
         settles.append(clock() - settling)
     return decisions, settles
@@ -110,7 +109,7 @@ async def _timed_requests(governor: Governor, headers: list[str]) -> tuple[list[
 async def _run_case(
     workdir: Path, n_keys: int, requests: int, store_url: str, warmup: int, seed: int, pieces: bool
 ) -> dict[str, Any]:
-    governor, keys = build_governor(workdir, n_keys, store_url)
+    governor, keys = governor_for_bench(workdir, n_keys, store_url)
     rng = random.Random(seed)
     headers = [f"Bearer {rng.choice(keys)}" for _ in range(warmup + requests)]
     await governor.start()

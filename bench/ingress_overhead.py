@@ -23,7 +23,7 @@ import aiohttp
 from aiohttp import web
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from bench.governance import build_governor
+from bench.governance import governor_for_bench
 from harness.ports import free_port
 from harness.standins import OneReplicaDirectory, serve
 from service.api.ingress import IngressApp
@@ -72,7 +72,7 @@ async def run(requests: int, workdir: Path) -> dict[str, dict[str, float]]:
     replica_port = free_port()
     await web.TCPSite(runner, "127.0.0.1", replica_port).start()
     endpoint = Endpoint(f"http://127.0.0.1:{replica_port}", "r")
-    governor, keys = build_governor(workdir, 10, "local")
+    governor, keys = governor_for_bench(workdir, 10, "local")
     await governor.start()
     config = parse_config({"models": [{"id": "chat", "source": {"path": "/m"}, "kv_cache_memory": "1GiB"}]}, "bench")
     tracing = Tracing(InMemorySpanExporter(), "bench")

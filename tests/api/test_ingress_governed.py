@@ -18,14 +18,12 @@ from service.api.ingress import IngressApp
 from service.api.metrics_app import MetricsApp
 from service.api.upstream import Endpoint, Upstream
 from service.config.loader import parse_config
-from service.governance.audit import AuditLog, verify
+from service.config.settings import Settings
+from service.governance.audit import verify
+from service.governance.factory import build_governor
 from service.governance.figures import refresh_tenant_gauges
-from service.governance.governor import GovernanceOptions, Governor
 from service.governance.keys import hash_key, new_key
-from service.governance.records import AuditTrail
-from service.governance.reload import PolicyHolder
 from service.governance.store import open_store
-from service.governance.store.local import LocalStore
 from service.observability.metrics import ServiceMetrics
 
 TOKEN = "internal"
@@ -88,11 +86,8 @@ async def governed(tmp_path: Path):
     replica_port = free_port()
     await web.TCPSite(runner, "127.0.0.1", replica_port).start()
     metrics = ServiceMetrics()
-    store = LocalStore(tmp_path / "state.sqlite3")
-    trail = AuditTrail(AuditLog(tmp_path / "audit"), metrics)
-    governor = Governor(
-        CONFIG, PolicyHolder(path), store, trail, metrics, GovernanceOptions(kill_poll_s=0.05, lease_ttl_s=3)
-    )
+    settings = Settings(state_dir=tmp_path, governance_file=path, audit_stdout=False, admin_token="t")
+    governor = build_governor(CONFIG, settings, metrics, kill_poll_s=0.05, lease_ttl_s=3)
     await governor.start()
     app = IngressApp(
         CONFIG,
