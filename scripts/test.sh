@@ -8,4 +8,6 @@ bash scripts/install-tools.sh # redis-server (governance store tests), prometheu
 bash scripts/install-chart-tools.sh # helm, kubernetes-validate, checkov for tests/helm (into .cache/tools)
 .venv/bin/ruff check service harness tests bench scripts
 .venv/bin/ruff format --check --quiet service harness tests bench scripts
+.venv/bin/lint-imports --no-cache # the layer contracts in pyproject.toml: nothing imports upward
+.venv/bin/mypy # strict for service.protocol and service.governance (pyproject.toml)
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

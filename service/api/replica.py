@@ -32,7 +32,7 @@ from service.api.upstream import INTERNAL_TOKEN_HEADER, MAX_PROMPT_TOKENS_HEADER
 from service.engine.base import CallContext, Engine, EngineDead, JSONResult, StreamResult
 from service.observability.tracing import Tracing, finish_span
 from service.protocol import errors
-from service.protocol.routes import ROUTES
+from service.protocol.routes import ROUTES, Operation
 
 log = logging.getLogger(__name__)
 SSE_CONTENT_TYPE = b"text/event-stream"
@@ -98,8 +98,15 @@ class ReplicaApp:
             self.inflight -= 1
 
     async def _traced(
-        self, tracing: Tracing, operation, scope: Scope, receive: Receive, send: Send, rid: str, headers: list
-    ) -> None:  # type: ignore[no-untyped-def]
+        self,
+        tracing: Tracing,
+        operation: Operation,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        rid: str,
+        headers: list[tuple[str, str]],
+    ) -> None:
         """The replica's server span, continuing the ingress's trace; the engine's spans go under it."""
         attributes = {"paddock.request_id": rid, "gen_ai.request.model": self._engine.model_id}
         span = tracing.server_span(f"replica {operation}", tracing.extract(forwarded_headers(scope)), attributes)
@@ -121,14 +128,14 @@ class ReplicaApp:
 
     async def _call(
         self,
-        operation,
+        operation: Operation,
         scope: Scope,
         receive: Receive,
         send: Send,
         rid: str,
         headers: list[tuple[str, str]],
         trace_headers: dict[str, str],
-    ) -> None:  # type: ignore[no-untyped-def]
+    ) -> None:
         body = json_object(await read_body(receive, self._max_body_bytes))
         cap = header(scope, MAX_PROMPT_TOKENS_HEADER.encode())
         limit = int(cap) if cap and cap.isdigit() else None

@@ -33,7 +33,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``audit verify FILE... [--allow-open] [--key-file PATH]``."""
     audit = subparsers.add_parser("audit", help="audit log tools")
     actions = audit.add_subparsers(dest="audit_command", required=True)

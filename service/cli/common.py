@@ -19,7 +19,7 @@ def read_settings(*, ignore_empty: bool = False, **overrides: Any) -> Settings:
     Problems become a :class:`SettingsError` with one ``PADDOCK_NAME: message`` line each.
     """
     try:
-        return Settings(_env_ignore_empty=ignore_empty, **overrides)
+        return Settings(_env_ignore_empty=ignore_empty, **overrides)  # type: ignore[call-arg]  # pydantic-settings' init option
     except ValidationError as error:
         lines = [
             f"PADDOCK_{str(item['loc'][0]).upper() if item['loc'] else '*'}: {item['msg']}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -43,12 +44,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(model_id: str, message: str) -> None:
+    print(f"[{model_id}] {message}", flush=True)
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     from service.models.sources import resolve
 
     settings = _settings(args)
     for model in _config(settings).models:
-        path = resolve(model, settings.cache_dir, lambda msg, m=model.id: print(f"[{m}] {msg}", flush=True))
+        path = resolve(model, settings.cache_dir, functools.partial(_progress, model.id))
         print(f"[{model.id}] ready: {path}", flush=True)
     return 0
 

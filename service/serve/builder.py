@@ -83,14 +83,15 @@ def build_app(config: ServiceConfig, settings: Settings | None = None) -> Applic
     config = apply_settings(config, settings)
     token = settings.internal_token or secrets.token_urlsafe(32)
     ingress = config.ingress
-    registry = Registry.bind()
+    # @serve.deployment made these classes Deployments (mypy does not follow class decorators).
+    registry = Registry.bind()  # type: ignore[attr-defined]
     models = {
-        model.id: ModelServer.options(**model_options(model, ingress.drain_timeout_s)).bind(
+        model.id: ModelServer.options(**model_options(model, ingress.drain_timeout_s)).bind(  # type: ignore[attr-defined]
             model.model_dump(mode="json"), token, registry, int(ingress.max_body_bytes)
         )
         for model in config.models
     }
-    return Ingress.options(
+    return Ingress.options(  # type: ignore[attr-defined]
         num_replicas=ingress.replicas,
         ray_actor_options={"num_cpus": ingress.cpus},
         max_ongoing_requests=10_000,

@@ -53,7 +53,7 @@ class Registry:
     service costs no polling.
     """
 
-    async def __init__(self) -> None:
+    async def __init__(self) -> None:  # type: ignore[misc]  # Ray Serve awaits an async __init__
         self._state = RegistryState()
         self._changed = asyncio.Event()
         self._expiry = asyncio.create_task(self._expire_forever())
@@ -91,7 +91,9 @@ class Registry:
 class ModelServer:
     """One replica of one model: a vLLM engine behind its own HTTP server."""
 
-    async def __init__(self, model: dict[str, Any], token: str, registry: Any, max_body_bytes: int) -> None:
+    async def __init__(  # type: ignore[misc]  # Ray Serve awaits an async __init__
+        self, model: dict[str, Any], token: str, registry: Any, max_body_bytes: int
+    ) -> None:
         from service.engine.vllm_engine import VLLMEngine  # only model replicas load vLLM
 
         settings = Settings()
@@ -161,7 +163,9 @@ class ModelServer:
 class Ingress:
     """The public OpenAI endpoint of the service (one per node or more, sharing the port)."""
 
-    async def __init__(self, config: dict[str, Any], token: str, registry: Any, models: dict[str, Any]) -> None:
+    async def __init__(  # type: ignore[misc]  # Ray Serve awaits an async __init__
+        self, config: dict[str, Any], token: str, registry: Any, models: dict[str, Any]
+    ) -> None:
         settings = Settings()
         configure_logging(settings.log_level, settings.log_format)
         self._config = ServiceConfig.model_validate(config)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 
@@ -22,7 +22,9 @@ def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     return sock
 
 
-async def start(app: Any, sock: socket.socket, lifespan: str = "off") -> tuple[uvicorn.Server, asyncio.Task[None]]:
+async def start(
+    app: Any, sock: socket.socket, lifespan: Literal["auto", "on", "off"] = "off"
+) -> tuple[uvicorn.Server, asyncio.Task[None]]:
     """Start serving ``app`` on ``sock`` in the running loop; return once it accepts."""
     config = uvicorn.Config(
         app,
