@@ -347,3 +347,15 @@ def test_env_references_resolve(rendered: dict[str, Rendered]) -> None:
                 assert variables["OTEL_EXPORTER_OTLP_ENDPOINT"] and variables["OTEL_SERVICE_NAME"] == "paddock"
                 traced += 1
     assert traced
+
+
+@pytest.mark.parametrize("name", ["PADDOCK_HOST", "PADDOCK_PORT", "PADDOCK_ADMIN_PORT", "PADDOCK_METRICS_PORT"])
+def test_extra_env_may_not_move_the_ports_the_chart_wires(name: str) -> None:
+    """Both modes apply these settings to the config (config.loader.apply_settings); the chart's ports,
+    Services and probes follow the values, so the chart refuses them in extraEnv."""
+    env = f'[{{"name":"{name}","value":"9000"}}]'
+    for mode in ("standalone", "rayservice"):
+        result = helm_template([], ["--set", f"mode={mode}", "--set-json", f"extraEnv={env}"], check=False)
+        assert result.returncode != 0 and f"extraEnv: {name} would override" in result.stderr
+    other = helm_template([], ["--set-json", 'extraEnv=[{"name":"PADDOCK_LOG_LEVEL","value":"DEBUG"}]'])
+    assert "PADDOCK_LOG_LEVEL" in other.stdout
