@@ -1,4 +1,4 @@
-"""One API request as the ingress handles it: the ASGI triple and what is known of it so far."""
+"""One request as the ingress (or a replica) handles it: the ASGI triple and what is known of it so far."""
 
 from __future__ import annotations
 
@@ -9,17 +9,15 @@ from service.observability.requests import Observation
 
 
 @dataclass(eq=False, slots=True)
-class RequestContext:
-    """Passed down the ingress's handlers in place of their ``(scope, receive, send, …)`` arguments."""
+class Exchange:
+    """Passed down the handlers in place of their ``(scope, receive, send, …)`` arguments."""
 
     scope: Scope
     receive: Receive
-    send: Send  # observed: every message is seen by ``obs`` on its way out
+    send: Send
     request_id: str
     headers: list[tuple[str, str]]  # response headers every answer carries (``x-request-id``)
-    obs: Observation
-    client: str = ""  # the real client address (``X-Forwarded-For`` from trusted proxies)
-    forwarded: dict[str, str] = field(default_factory=dict)  # headers for the replica (request id, trace)
+    forwarded: dict[str, str] = field(default_factory=dict)  # trace context (and more) for the next hop
 
     @property
     def path(self) -> str:
@@ -31,3 +29,11 @@ class RequestContext:
 
     def header(self, name: bytes) -> str | None:
         return header(self.scope, name)
+
+
+@dataclass(eq=False, slots=True)
+class RequestContext(Exchange):
+    """An API call at the ingress: its ``send`` is observed (every message is seen by ``obs``)."""
+
+    obs: Observation = field(kw_only=True)
+    client: str = field(default="", kw_only=True)  # the real client address (trusted ``X-Forwarded-For``)

@@ -186,7 +186,7 @@ class IngressApp:
             parent = self._tracing.extract(forwarded_headers(scope))
             obs.span = self._tracing.server_span(route.genai_operation, parent, attributes)
             obs.trace_id = format(obs.span.get_span_context().trace_id, "032x")
-        ctx = RequestContext(scope, receive, self._observe.watch(obs, send), rid, headers, obs)
+        ctx = RequestContext(scope, receive, self._observe.watch(obs, send), rid, headers, obs=obs)
         current = CURRENT.set(obs)  # log lines and audit records of this request carry its ids
         try:
             await answer_errors(self._proxy(ctx), ctx.send, headers)
@@ -275,7 +275,7 @@ class IngressApp:
         shaped = ticket.shaped
         if shaped.max_prompt_tokens is not None:
             ctx.forwarded[MAX_PROMPT_TOKENS_HEADER] = str(shaped.max_prompt_tokens)
-        state = RelayState(hooks=(ticket.tap,) if ticket.tap else ())
+        state = RelayState(hooks=ticket.hooks)
         body = json.dumps(shaped.body).encode()
         failed = 0
         try:

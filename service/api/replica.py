@@ -20,7 +20,6 @@ from service.api.asgi import (
     Send,
     answer_errors,
     encode_headers,
-    header,
     json_object,
     read_body,
     request_id,
@@ -28,6 +27,7 @@ from service.api.asgi import (
     send_json,
     until_disconnect,
 )
+from service.api.context import Exchange
 from service.api.upstream import INTERNAL_TOKEN_HEADER, MAX_PROMPT_TOKENS_HEADER, forwarded_headers
 from service.engine.base import CallContext, Engine, EngineDead, JSONResult, StreamResult
 from service.observability.tracing import Tracing, finish_span
@@ -55,62 +55,49 @@ class ReplicaApp:
         if scope["type"] != "http":
             return
         rid = request_id(scope)
-        headers = [(REQUEST_ID_HEADER, rid)]
-        await answer_errors(self._authorised(scope, receive, send, rid, headers), send, headers)
+        ctx = Exchange(scope, receive, send, rid, [(REQUEST_ID_HEADER, rid)])
+        await answer_errors(self._authorised(ctx), send, ctx.headers)
 
-    async def _authorised(
-        self, scope: Scope, receive: Receive, send: Send, rid: str, headers: list[tuple[str, str]]
-    ) -> None:
-        given = (header(scope, INTERNAL_TOKEN_HEADER.encode()) or "").encode()
+    async def _authorised(self, ctx: Exchange) -> None:
+        given = (ctx.header(INTERNAL_TOKEN_HEADER.encode()) or "").encode()
         if not hmac.compare_digest(given, self._token):
             raise errors.APIError(
                 401, "Not an ingress of this service.", type="authentication_error", code="unauthorized"
             )
-        await self._dispatch(scope, receive, send, rid, headers)
+        await self._dispatch(ctx)
 
-    async def _dispatch(
-        self, scope: Scope, receive: Receive, send: Send, rid: str, headers: list[tuple[str, str]]
-    ) -> None:
-        path = scope["path"]
+    async def _dispatch(self, ctx: Exchange) -> None:
+        path = ctx.path
         if path == "/internal/health":
             try:
                 await self._engine.check_health()
             except EngineDead as error:
                 raise errors.unavailable(f"engine dead: {error}") from None
             status = {"status": "ok", "inflight": self.inflight, "engine": self._engine.status()}
-            await send_json(send, 200, status, headers)
+            await send_json(ctx.send, 200, status, ctx.headers)
             return
         route = ROUTES.get(path)
         if route is None:
             raise errors.route_not_found(path)
-        operation = route.operation
-        if scope["method"] != "POST":
-            raise errors.method_not_allowed(scope["method"], path)
+        if ctx.method != "POST":
+            raise errors.method_not_allowed(ctx.method, path)
         if self.inflight >= self._max_ongoing:
             raise errors.overloaded("This model replica is at its concurrency limit; retry later.")
         self.inflight += 1
         try:
             if self._tracing is None:
-                await self._call(operation, scope, receive, send, rid, headers, {})
+                await self._call(route.operation, ctx)
             else:
-                await self._traced(self._tracing, operation, scope, receive, send, rid, headers)
+                await self._traced(self._tracing, route.operation, ctx)
         finally:
             self.inflight -= 1
 
-    async def _traced(
-        self,
-        tracing: Tracing,
-        operation: Operation,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        rid: str,
-        headers: list[tuple[str, str]],
-    ) -> None:
+    async def _traced(self, tracing: Tracing, operation: Operation, ctx: Exchange) -> None:
         """The replica's server span, continuing the ingress's trace; the engine's spans go under it."""
-        attributes = {"paddock.request_id": rid, "gen_ai.request.model": self._engine.model_id}
-        span = tracing.server_span(f"replica {operation}", tracing.extract(forwarded_headers(scope)), attributes)
+        attributes = {"paddock.request_id": ctx.request_id, "gen_ai.request.model": self._engine.model_id}
+        span = tracing.server_span(f"replica {operation}", tracing.extract(forwarded_headers(ctx.scope)), attributes)
         status = 0
+        send = ctx.send
 
         async def observed(message: MutableMapping[str, Any]) -> None:
             nonlocal status
@@ -118,39 +105,32 @@ class ReplicaApp:
                 status = message["status"]
             await send(message)
 
+        ctx.send, ctx.forwarded = observed, tracing.inject(span)
         try:
-            await self._call(operation, scope, receive, observed, rid, headers, tracing.inject(span))
+            await self._call(operation, ctx)
         except errors.APIError as error:
             status = error.status
             raise
         finally:
             finish_span(span, status or 499, {})
 
-    async def _call(
-        self,
-        operation: Operation,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        rid: str,
-        headers: list[tuple[str, str]],
-        trace_headers: dict[str, str],
-    ) -> None:
-        body = json_object(await read_body(receive, self._max_body_bytes))
-        cap = header(scope, MAX_PROMPT_TOKENS_HEADER.encode())
+    async def _call(self, operation: Operation, ctx: Exchange) -> None:
+        body = json_object(await read_body(ctx.receive, self._max_body_bytes))
+        cap = ctx.header(MAX_PROMPT_TOKENS_HEADER.encode())
         limit = int(cap) if cap and cap.isdigit() else None
-        ctx = CallContext(request_id=rid, headers=trace_headers, max_prompt_tokens=limit)
-        result = await until_disconnect(self._engine.call(operation, body, ctx), receive)
+        call = CallContext(request_id=ctx.request_id, headers=ctx.forwarded, max_prompt_tokens=limit)
+        result = await until_disconnect(self._engine.call(operation, body, call), ctx.receive)
         if isinstance(result, JSONResult):
-            await send_bytes(send, result.status, result.body, headers=headers)
+            await send_bytes(ctx.send, result.status, result.body, headers=ctx.headers)
         elif isinstance(result, StreamResult):
-            await self._stream(result, receive, send, headers)
+            await self._stream(result, ctx)
 
-    async def _stream(self, result: StreamResult, receive: Receive, send: Send, headers: list[tuple[str, str]]) -> None:
+    async def _stream(self, result: StreamResult, ctx: Exchange) -> None:
+        send = ctx.send
         start = {
             "type": "http.response.start",
             "status": result.status,
-            "headers": [(b"content-type", SSE_CONTENT_TYPE), *encode_headers([*headers, *result.headers.items()])],
+            "headers": [(b"content-type", SSE_CONTENT_TYPE), *encode_headers([*ctx.headers, *result.headers.items()])],
         }
         await send(start)
 
@@ -160,7 +140,7 @@ class ReplicaApp:
             await send({"type": "http.response.body", "body": b""})
 
         try:
-            await until_disconnect(pump(), receive)
+            await until_disconnect(pump(), ctx.receive)
         finally:
             aclose = getattr(result.events, "aclose", None)
             if aclose is not None:

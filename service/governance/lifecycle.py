@@ -29,6 +29,7 @@ from service.governance.refusal import Refusal
 from service.governance.store.base import Reservation, Usage
 from service.governance.usage import UsageTap
 from service.protocol.errors import APIError, Disconnected, timeout
+from service.protocol.streams import StreamHook
 
 if TYPE_CHECKING:
     from service.governance.governor import Governor
@@ -52,6 +53,7 @@ class Ticket:
     client: str
     governor: Governor | None = field(default=None, repr=False)
     tap: UsageTap | None = None  # reads usage (and the text, if audited) off the relayed response
+    hooks: tuple[StreamHook, ...] = ()  # what the relay passes the response through: the tap, then guardrails
     killed: str | None = None  # the kill's message, once killed
     killed_by: str = ""  # the kill's scope, e.g. "model:x"
     settled: bool = False
@@ -172,5 +174,6 @@ class Intake:
         ticket = await self._governor.admit(self.principal, model, self.route, body, self.request_id, self.client)
         shaped, keep_text = ticket.shaped, self.principal.tenant.audit.include_text
         ticket.tap = UsageTap(False, shaped.stream and not shaped.include_usage, keep_text, finish_reasons)
+        ticket.hooks = (ticket.tap,)
         self._governor.trail.admitted(ticket)
         return ticket
