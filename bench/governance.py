@@ -36,9 +36,10 @@ from service.governance.keys import hash_key, new_key
 from service.governance.params import shape_request
 from service.governance.store.base import Reservation, Usage
 from service.observability.metrics import ServiceMetrics
+from service.protocol.routes import CHAT
 
 ROOT = Path(__file__).resolve().parents[1]
-ROUTE = "/v1/chat/completions"
+ROUTE = CHAT
 MODEL = "chat"
 WARMUP = 200
 TARGET_US = 200.0

@@ -30,6 +30,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 log = logging.getLogger(__name__)
+FIRST = asyncio.FIRST_COMPLETED
 
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
@@ -109,21 +110,29 @@ async def wait_disconnect(receive: Receive) -> None:
         pass
 
 
-async def until_disconnect(work: Awaitable[Any], receive: Receive) -> Any:
-    """Await ``work``; if the client disconnects first, cancel it and raise :class:`Disconnected`."""
+async def until_disconnect(
+    work: Awaitable[Any], receive: Receive, stop: asyncio.Future[BaseException] | None = None
+) -> Any:
+    """Await ``work``; if the client disconnects first, cancel it and raise :class:`Disconnected`.
+
+    ``stop``, when given, is a second reason to end early (a governance kill): if it completes first,
+    ``work`` is cancelled and the exception it holds is raised.
+    """
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(wait_disconnect(receive))
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, watcher} if stop is None else {task, watcher, stop}, return_when=FIRST)
     finally:
         for pending in (task, watcher):
             if not pending.done():
                 pending.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await pending
-    if task.cancelled():
-        raise Disconnected
-    return task.result()
+    if not task.cancelled():
+        return task.result()
+    if stop is not None and stop.done():
+        raise stop.result()
+    raise Disconnected
 
 
 async def answer_errors(work: Awaitable[None], send: Send, headers: list[tuple[str, str]]) -> None:

@@ -2,23 +2,28 @@
 
 A replica that cannot be reached before it answered is reported to the
 directory and another one is tried (up to three); a model with no replica
-ready is woken (scale from zero) within the ingress's request timeout.
+ready is woken (scale from zero) within the ingress's wake timeout. From the
+moment the request is sent until its answer is relayed, the client leaving —
+or the request's ``stop`` future (a governance kill) completing — ends it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
-from collections.abc import Iterable, Sequence
-from typing import Protocol
+from collections.abc import Coroutine, Iterable, Sequence
+from typing import Any, Protocol, TypeVar
 
-from service.api.asgi import Receive, Send
+from service.api.asgi import until_disconnect
+from service.api.context import Exchange
 from service.api.upstream import Endpoint, RelayState, Upstream, UpstreamUnreachable, read_error, relay
 from service.config.schema import ModelConfig
 from service.protocol import errors
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Directory(Protocol):
@@ -42,6 +47,21 @@ def pick(endpoints: Sequence[Endpoint]) -> Endpoint:
     return first if first.inflight <= second.inflight else second
 
 
+async def unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Future[BaseException]) -> T:
+    """Await ``work``, unless ``stop`` completes first: then cancel it and raise the exception ``stop`` holds."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.wait((task, stop), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    if not task.cancelled():
+        return task.result()
+    raise stop.result()
+
+
 class Forwarder:
     """Sends requests to model replicas and relays their answers."""
 
@@ -50,13 +70,16 @@ class Forwarder:
         self.upstream = upstream
         self._wake_timeout_s = wake_timeout_s
 
-    async def _endpoints(self, model: ModelConfig) -> Sequence[Endpoint]:
+    async def _endpoints(
+        self, model: ModelConfig, ctx: Exchange, stop: asyncio.Future[BaseException] | None
+    ) -> Sequence[Endpoint]:
         endpoints = self.directory.endpoints(model.id)
         if endpoints:
             return endpoints
         timeout = self._wake_timeout_s
         try:
-            endpoints = await asyncio.wait_for(self.directory.wake(model.id, timeout), timeout)
+            wake = asyncio.wait_for(self.directory.wake(model.id, timeout), timeout)
+            endpoints = await until_disconnect(wake, ctx.receive, stop)
         except TimeoutError:
             endpoints = ()
         if not endpoints:
@@ -65,28 +88,27 @@ class Forwarder:
 
     async def forward(
         self,
+        ctx: Exchange,
         model: ModelConfig,
-        path: str,
         body: bytes,
-        forwarded: dict[str, str],
-        receive: Receive,
-        send: Send,
         headers: Iterable[tuple[str, str]],
         state: RelayState,
+        stop: asyncio.Future[BaseException] | None = None,
     ) -> None:
-        """Forward to a replica of ``model`` and relay its answer to the client (errors as :class:`APIError`)."""
+        """Forward ``ctx``'s request to a replica of ``model`` and relay its answer (errors as ``APIError``)."""
         tried: set[str] = set()
         for _ in range(3):
-            candidates = [e for e in await self._endpoints(model) if e.replica_id not in tried]
+            candidates = [e for e in await self._endpoints(model, ctx, stop) if e.replica_id not in tried]
             if not candidates:
                 break
             endpoint = pick(candidates)
             endpoint.inflight += 1
             try:
-                response = await self.upstream.open(endpoint, path, body, forwarded)
+                sent = self.upstream.open(endpoint, ctx.path, body, ctx.forwarded)
+                response = await sent if stop is None else await unless_stopped(sent, stop)
                 if response.status >= 400:
                     raise await read_error(response)
-                await relay(response, receive, send, headers, state)
+                await relay(response, ctx.receive, ctx.send, headers, state, stop)
                 return
             except UpstreamUnreachable as error:
                 log.warning("replica %s of %s unreachable: %s", endpoint.replica_id, model.id, error)

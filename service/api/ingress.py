@@ -12,10 +12,11 @@ nothing of Ray or vLLM.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from service.api.asgi import (
@@ -210,16 +211,21 @@ class IngressApp:
             if span is not None:
                 span.set_attributes({"paddock.tenant": obs.tenant, "paddock.decision": obs.decision})
                 span.end()
+        if ticket is not None:
+            await self._governed(ctx, ticket)  # from here on, the ticket is closed whatever happens
+        else:
+            await self._counted(ctx, self._ungoverned(ctx, model, body))
+
+    async def _counted(self, ctx: RequestContext, work: Coroutine[Any, Any, None]) -> None:
+        """Forward: the request id and trace context go with it, and it counts as in flight meanwhile."""
+        obs = ctx.obs
         trace = self._tracing.inject(obs.span) if self._tracing and obs.span else forwarded_headers(ctx.scope)
-        ctx.forwarded = {REQUEST_ID_HEADER: ctx.request_id, **trace}
+        ctx.forwarded = {REQUEST_ID_HEADER: ctx.request_id, **ctx.forwarded, **trace}
         inflight = self._observe.inflight(obs)
         inflight.inc()
         self._inflight += 1
         try:
-            if ticket is not None:
-                await self._governed(ctx, ticket)
-            else:
-                await self._ungoverned(ctx, model, body)
+            await work
         finally:
             self._inflight -= 1
             inflight.dec()
@@ -243,13 +249,15 @@ class IngressApp:
         ctx.obs.decision = "admitted"
         return ticket
 
-    def _parse(self, ctx: RequestContext, body: bytes, resolve: Any) -> tuple[dict[str, Any], ModelConfig]:
+    def _parse(
+        self, ctx: RequestContext, body: bytes, resolve: Callable[[str], ModelConfig | None]
+    ) -> tuple[dict[str, Any], ModelConfig]:
         """The JSON body and the model it names (``resolve``: a name to the model, ``None`` if unknown)."""
         request = json_object(body)
         name = request.get("model")
         if not isinstance(name, str) or not name:
             raise errors.invalid_request("`model` is required and must be a string.", param="model")
-        model: ModelConfig | None = resolve(name)  # a model the key may not use reads exactly as unknown
+        model = resolve(name)  # a model the key may not use reads exactly as unknown
         if model is None:
             raise errors.model_not_found(name)
         if ROUTES[ctx.path].task != model.task:
@@ -271,18 +279,23 @@ class IngressApp:
         observe_tap(ctx.obs, tap)
 
     async def _governed(self, ctx: RequestContext, ticket: Ticket) -> None:
-        """Relay an admitted request under its ticket: the ticket ends it on a kill or a timeout, and settles it."""
-        shaped = ticket.shaped
-        if shaped.max_prompt_tokens is not None:
-            ctx.forwarded[MAX_PROMPT_TOKENS_HEADER] = str(shaped.max_prompt_tokens)
+        """Relay an admitted request under its ticket: a kill or its time limit ends it, and it is settled."""
         state = RelayState(hooks=ticket.hooks)
-        body = json.dumps(shaped.body).encode()
         failed = 0
         try:
-            await ticket.run(self._forward(ctx, ticket.model, body, [*ctx.headers, *ticket.headers.items()], state))
+            shaped = ticket.shaped
+            if shaped.max_prompt_tokens is not None:
+                ctx.forwarded[MAX_PROMPT_TOKENS_HEADER] = str(shaped.max_prompt_tokens)
+            body = json.dumps(shaped.body).encode()
+            headers = [*ctx.headers, *ticket.headers.items()]
+            work = self._forward(ctx, ticket.model, body, headers, state, ticket.stop)
+            await self._counted(ctx, ticket.run(work))
         except errors.APIError as error:
             failed = error.status  # the audit's status unless the 200 already went out
             await end_early(ctx.send, state, error)  # raises it if nothing was sent yet
+        except Exception:
+            failed = 500  # answered by answer_errors, as a bug
+            raise
         finally:
             usage = await ticket.close(state.status or failed or CLIENT_CLOSED, state.started)
             if usage is not None:
@@ -291,6 +304,12 @@ class IngressApp:
                 ctx.obs.finish_reasons = ticket.tap.finish_reasons
 
     async def _forward(
-        self, ctx: RequestContext, model: ModelConfig, body: bytes, headers: list[tuple[str, str]], state: RelayState
+        self,
+        ctx: RequestContext,
+        model: ModelConfig,
+        body: bytes,
+        headers: list[tuple[str, str]],
+        state: RelayState,
+        stop: asyncio.Future[BaseException] | None = None,
     ) -> None:
-        await self._forwarder.forward(model, ctx.path, body, ctx.forwarded, ctx.receive, ctx.send, headers, state)
+        await self._forwarder.forward(ctx, model, body, headers, state, stop)

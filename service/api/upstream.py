@@ -8,6 +8,7 @@ connection, which makes the replica abort its engine request.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -154,8 +155,10 @@ async def relay(
     send: Send,
     headers: Iterable[tuple[str, str]],
     state: RelayState | None = None,
+    stop: asyncio.Future[BaseException] | None = None,
 ) -> None:
-    """Relay a successful upstream response (raises ``Disconnected`` if the client left)."""
+    """Relay a successful upstream response (raises ``Disconnected`` if the client left, or what ``stop``
+    holds if it completes first)."""
     state = state or RelayState()
     content_type = response.headers.get("content-type", "application/json")
     state.sse = content_type.startswith("text/event-stream")
@@ -171,7 +174,7 @@ async def relay(
     )
     state.started, state.status = True, response.status
     try:
-        await until_disconnect(_relay_body(response, send, state), receive)
+        await until_disconnect(_relay_body(response, send, state), receive, stop)
     except BaseException:
         response.close()  # the client left: closing the connection aborts the engine request upstream
         raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError as UnreadableSettings
 
 from service.config.settings import Settings
 
@@ -26,6 +27,8 @@ def read_settings(*, ignore_empty: bool = False, **overrides: Any) -> Settings:
             for item in error.errors(include_url=False)
         ]
         raise SettingsError("invalid settings\n  " + "\n  ".join(lines)) from None
+    except UnreadableSettings as error:  # e.g. a list setting whose variable is not JSON
+        raise SettingsError(f"invalid settings: {error}") from None
 
 
 def tool_settings() -> Settings:

@@ -7,15 +7,15 @@ own 400/404/413) is written to the audit log as the refused request's record
 when the intake closes. Admission returns a :class:`Ticket`, whose admitted
 record is on file before anything is forwarded. The ticket then runs the
 request's work (:meth:`Ticket.run`) until it ends, times out or is killed —
-a kill is a future the request itself waits on, never a cancel from outside —
-and :meth:`Ticket.close` settles the reservation on the engine's usage and
-writes the completed record.
+a kill completes the ticket's ``stop`` future, which the work itself waits on
+beside the client's disconnect, never a cancel from outside — and
+:meth:`Ticket.close` settles the reservation on the engine's usage and writes
+the completed record.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -33,6 +33,11 @@ from service.protocol.streams import StreamHook
 
 if TYPE_CHECKING:
     from service.governance.governor import Governor
+
+
+def _stop_future() -> asyncio.Future[BaseException]:
+    return asyncio.get_running_loop().create_future()
+
 
 Outcome = Literal["ok", "killed", "timeout", "error", "client_disconnected", "cancelled"]
 
@@ -58,57 +63,44 @@ class Ticket:
     killed_by: str = ""  # the kill's scope, e.g. "model:x"
     settled: bool = False
     outcome: Outcome = "ok"
-    _stop: asyncio.Future[None] | None = field(default=None, repr=False)
+    stop: asyncio.Future[BaseException] = field(default_factory=_stop_future, repr=False)  # set by a kill
 
     def kill(self, message: str, scope: str = "all") -> None:
-        """Stop this request: :meth:`run` ends its work and raises the kill's refusal."""
+        """Stop this request: its ``stop`` future now holds the kill's refusal, for the work to raise."""
         if self.killed is None:
             self.killed, self.killed_by = message, scope
-            if self._stop is not None and not self._stop.done():
-                self._stop.set_result(None)
-
-    def _kill_refusal(self) -> Refusal:
-        self.outcome = "killed"
-        return Refusal("killed", self.killed or "", detail=self.killed_by)
+            if not self.stop.done():
+                self.stop.set_result(Refusal("killed", message, detail=scope))
 
     async def run(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run the request's work until it ends, its time limit passes (504) or it is killed (503).
+        """Run the request's work to its end, within the tenant's time limit (else 504); ``outcome`` says how
+        it ended.
 
-        Either way its work has stopped when this returns or raises; ``outcome`` says how it ended.
+        The work observes :attr:`stop` (the relay waits on it beside the client's disconnect): a kill ends it
+        from inside, with the kill's refusal (503), and nothing cancels the task the request runs in.
         """
         if self.killed is not None:
             work.close()
-            raise self._kill_refusal()
-        loop = asyncio.get_running_loop()
-        stop = self._stop = loop.create_future()
-        task = loop.create_task(work)
+            self.outcome = "killed"
+            raise self.stop.result()
         try:
             async with asyncio.timeout(self.shaped.timeout_s):
-                await asyncio.wait((task, stop), return_when=asyncio.FIRST_COMPLETED)
+                await work
         except TimeoutError:
             self.outcome = "timeout"
             raise timeout("The request exceeded its time limit.") from None
         except asyncio.CancelledError:
             self.outcome = "cancelled"
             raise
-        finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        killed = stop.done()
-        if task.cancelled():  # by the finally above, after the kill
-            if killed:
-                raise self._kill_refusal()
-            self.outcome = "cancelled"
-            raise asyncio.CancelledError
-        error = task.exception()
-        if error is None:
-            return
-        if killed:
-            raise self._kill_refusal() from None
-        self.outcome = "client_disconnected" if isinstance(error, Disconnected) else "error"
-        raise error
+        except Refusal as refusal:
+            self.outcome = "killed" if refusal.reason == "killed" else "error"
+            raise
+        except Disconnected:
+            self.outcome = "client_disconnected"
+            raise
+        except Exception:
+            self.outcome = "error"
+            raise
 
     async def close(self, status: int, response_started: bool) -> Usage | None:
         """Settle on the engine's usage (the whole reservation if unknown) and write the completed record."""

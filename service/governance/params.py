@@ -4,7 +4,7 @@
 :class:`~service.governance.policy.Parameters` and returns the body to forward
 (a modified shallow copy; the input is never mutated) with the worst-case
 token reservation the store admits it against. Plain Python, no web framework:
-the ingress maps a :class:`~service.governance.refusal.Refusal` to HTTP.
+a :class:`~service.governance.refusal.Refusal` is already in OpenAI's error shape.
 
 Only OpenAI's documented request fields pass; anything else (vLLM extensions
 such as ``cache_salt``, ``priority``, ``top_k``, ...) is refused as an unknown
@@ -85,7 +85,7 @@ def shape_request(
         raise ValueError(f"no parameter policy for route {route!r}")
     _check_fields(body, spec.fields, params.allowed_fields)
     shaped = dict(body)
-    stream, include_usage = _shape_stream(route, shaped)
+    stream, include_usage = _shape_stream(spec, shaped)
     out = _shape_output(spec, shaped, params, max_model_len)
     choices = _check_choices(spec, shaped, params.max_n)
     _apply_system_prompt(route, shaped, params.system_prompt)
@@ -111,9 +111,9 @@ def _check_fields(body: dict[str, Any], fields: frozenset[str], allowed: tuple[s
         raise Refusal("unknown_parameter", f"Unrecognized request argument supplied: {name}", param=name)
 
 
-def _shape_stream(route: str, shaped: dict[str, Any]) -> tuple[bool, bool]:
+def _shape_stream(spec: Route, shaped: dict[str, Any]) -> tuple[bool, bool]:
     """Validate ``stream``/``stream_options``; make chat and completion streams carry usage for accounting."""
-    if route == EMBEDDINGS:
+    if not spec.streams:
         return False, False
     stream = shaped.get("stream")
     if stream is None:
@@ -131,7 +131,7 @@ def _shape_stream(route: str, shaped: dict[str, Any]) -> tuple[bool, bool]:
         asked = bool(given)
     if not stream:
         return False, False
-    if route == RESPONSES:  # Responses streams end with usage in response.completed
+    if spec.path == RESPONSES:  # Responses streams end with usage in response.completed
         return True, True
     shaped["stream_options"] = {**(options or {}), "include_usage": True}
     return True, asked

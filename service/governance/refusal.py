@@ -71,3 +71,6 @@ class Refusal(APIError):
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"Refusal({self.reason!r}, {self.message!r}, status={self.status}, detail={self.detail!r})"

@@ -102,6 +102,5 @@ ROUTES: dict[str, Route] = {
     )
 }
 
-BY_OPERATION: dict[Operation, Route] = {route.operation: route for route in ROUTES.values()}
 # OpenAI's documented request fields, per route path.
 FIELDS: dict[str, frozenset[str]] = {path: route.fields for path, route in ROUTES.items()}

@@ -150,6 +150,21 @@ async def test_a_kill_ends_a_running_stream_in_band(governed) -> None:
     assert not governor.active
 
 
+async def test_a_kill_while_the_replica_has_not_answered_yet_is_a_503_on_record(governed) -> None:
+    """The request waits for the replica's response head (e.g. a long prefill): a kill ends that wait too."""
+    base, keys, _, governor, tmp_path = governed
+    call = asyncio.create_task(post(base, keys["b"], {**CHAT, "metadata": {"delay": 5}}))
+    await asyncio.sleep(0.3)
+    await governor.store.kill("tenant:other", "test", "admin")
+    status, headers, body = await asyncio.wait_for(call, 2)  # not the replica's 5 s
+    assert status == 503 and json.loads(body)["error"]["code"] == "disabled_by_operator"
+    assert headers["x-should-retry"] == "false" and not governor.active
+    governor.trail.close()
+    (audit,) = (tmp_path / "audit").glob("*.jsonl")
+    outcome = [json.loads(line) for line in audit.read_text().splitlines() if '"completed"' in line][-1]
+    assert (outcome["outcome"], outcome["status"], outcome["charged_tokens"]) == ("killed", 503, 0)
+
+
 async def test_the_tenant_timeout_ends_a_stream_in_band(governed) -> None:
     base, keys, _, _, _ = governed
     slow = {**CHAT, "stream": True, "metadata": {"chunks": 100, "delay": 0.05}}

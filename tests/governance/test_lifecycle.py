@@ -1,7 +1,7 @@
 """One request's lifecycle in governance (service/governance/lifecycle.py): intake, ticket, kill, settlement.
 
 A real Governor from the one builder, a node-local store and a real audit log; the request's "work" is a
-plain coroutine, as the ingress's relay is one.
+plain coroutine, as the ingress's forward is one, watching the ticket's stop future as the relay does.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from service.api.asgi import until_disconnect
 from service.config.loader import parse_config
 from service.config.settings import Settings
 from service.governance.factory import build_governor
@@ -106,34 +107,69 @@ async def test_a_ticket_runs_its_work_settles_on_usage_and_completes_its_record(
     assert phases == [("admitted", None, None), ("completed", "ok", 12)]
 
 
-async def test_a_kill_stops_the_work_from_inside_and_never_cancels_the_request_task(gov) -> None:
+async def never_disconnects() -> dict[str, str]:
+    await asyncio.Event().wait()
+    return {"type": "http.disconnect"}
+
+
+async def test_a_kill_ends_the_work_from_inside_and_never_cancels_the_request_task(gov) -> None:
+    """The relay waits on the ticket's stop future beside the client's disconnect (``until_disconnect``, as
+    ``service.api.upstream.relay`` does): the kill ends the work it runs, and the request's own task only
+    ever sees the kill's refusal."""
     governor, keys, audit = gov
     ticket = await admitted(governor, keys["acme"], "r-kill")
-    started, stopped = asyncio.Event(), []
+    started, cancelled_in = asyncio.Event(), []
 
-    async def work() -> None:
+    async def relay_body() -> None:
         started.set()
         try:
             await asyncio.sleep(60)
         except asyncio.CancelledError:
-            stopped.append(True)
+            cancelled_in.append(asyncio.current_task())
             raise
 
-    async def kill_once_running() -> None:
-        await started.wait()
-        await governor.store.kill("tenant:acme", "test", "admin")  # the watcher delivers it within its poll
+    seen_by_request: list[str] = []
 
-    killer = asyncio.create_task(kill_once_running())
-    with pytest.raises(Refusal) as caught:
-        await asyncio.wait_for(ticket.run(work()), 10)
-    await killer
-    assert (caught.value.reason, caught.value.status, caught.value.code) == ("killed", 503, "disabled_by_operator")
-    assert stopped == [True] and ticket.outcome == "killed" and ticket.killed_by == "tenant:acme"
-    assert asyncio.current_task().cancelling() == 0  # the request's own task was never cancelled
+    async def request() -> None:  # the request's own task, as the ASGI handler's is
+        try:
+            await ticket.run(until_disconnect(relay_body(), never_disconnects, ticket.stop))
+        except asyncio.CancelledError:
+            seen_by_request.append("cancelled")  # a kill delivered as a cancel of this task
+            raise
+        except Refusal as refusal:
+            seen_by_request.append(f"{refusal.reason} {refusal.status} {refusal.code}")
+        seen_by_request.append(f"cancelling={asyncio.current_task().cancelling()}")
+
+    handler = asyncio.create_task(request())
+    await started.wait()
+    await governor.store.kill("tenant:acme", "test", "admin")  # the watcher delivers it within its poll
+    await asyncio.wait_for(handler, 10)
+    assert seen_by_request == ["killed 503 disabled_by_operator", "cancelling=0"]
+    assert cancelled_in and cancelled_in[0] is not handler  # only the relay's own inner task was cancelled
+    assert ticket.outcome == "killed" and ticket.killed_by == "tenant:acme"
+    assert ticket.stop.result().headers["x-should-retry"] == "false"
     assert await ticket.close(503, response_started=False) == Usage(0, 0)
     governor.trail.close()
     completed = [r for r in records(audit) if r.get("request_id") == "r-kill" and r["phase"] == "completed"]
     assert [(r["outcome"], r["status"]) for r in completed] == [("killed", 503)]
+
+
+async def test_a_request_cancelled_from_outside_stays_cancelled(gov) -> None:
+    """A server shutdown cancels the request's task: that is its outcome, and the cancel propagates."""
+    governor, keys, _ = gov
+    ticket = await admitted(governor, keys["acme"], "r-shutdown")
+    started = asyncio.Event()
+
+    async def relay_body() -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    handler = asyncio.create_task(ticket.run(until_disconnect(relay_body(), never_disconnects, ticket.stop)))
+    await started.wait()
+    handler.cancel()
+    done, _ = await asyncio.wait({handler}, timeout=10)
+    assert done and handler.cancelled() and ticket.outcome == "cancelled"
+    await ticket.close(499, response_started=False)
 
 
 async def test_a_ticket_killed_before_it_runs_never_starts_its_work(gov) -> None:
