@@ -24,8 +24,7 @@ from aiohttp import web
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from bench.governance import governor_for_bench
-from harness.ports import free_port
-from harness.standins import OneReplicaDirectory, serve
+from harness.standins import OneReplicaDirectory, serve, serve_handler
 from service.api.ingress import IngressApp
 from service.api.upstream import Endpoint, Upstream
 from service.config.loader import parse_config
@@ -65,13 +64,8 @@ async def one(session: aiohttp.ClientSession, url: str, headers: dict[str, str])
 
 
 async def run(requests: int, workdir: Path) -> dict[str, dict[str, float]]:
-    web_app = web.Application()
-    web_app.router.add_post("/{tail:.*}", replica)
-    runner = web.AppRunner(web_app)
-    await runner.setup()
-    replica_port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", replica_port).start()
-    endpoint = Endpoint(f"http://127.0.0.1:{replica_port}", "r")
+    upstream = await serve_handler(replica)
+    endpoint = Endpoint(upstream.url, "r")
     governor, keys = governor_for_bench(workdir, 10, "local")
     await governor.start()
     config = parse_config({"models": [{"id": "chat", "source": {"path": "/m"}, "kv_cache_memory": "1GiB"}]}, "bench")
@@ -97,7 +91,7 @@ async def run(requests: int, workdir: Path) -> dict[str, dict[str, float]]:
     for served in servers.values():
         await served.stop()
     await governor.stop()
-    await runner.cleanup()
+    await upstream.stop()
     tracing.shutdown()
     return {
         name: {

@@ -12,6 +12,7 @@ import uvicorn
 from aiohttp import web
 
 from harness.ports import free_port
+from harness.standins import serve_handler
 from service.api.ingress import IngressApp
 from service.api.upstream import INTERNAL_TOKEN_HEADER, Endpoint, Upstream
 from service.config.loader import parse_config
@@ -94,14 +95,9 @@ class StandInReplica:
 @pytest.fixture
 async def stack() -> AsyncIterator[tuple[str, StandInReplica, StaticDirectory]]:
     replica = StandInReplica()
-    web_app = web.Application()
-    web_app.router.add_post("/{tail:.*}", replica.handle)
-    runner = web.AppRunner(web_app, handler_cancellation=True)
-    await runner.setup()
-    replica_port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", replica_port).start()
+    upstream = await serve_handler(replica.handle, handler_cancellation=True)
     dead = Endpoint(url=f"http://127.0.0.1:{free_port()}", replica_id="dead")
-    live = Endpoint(url=f"http://127.0.0.1:{replica_port}", replica_id="live")
+    live = Endpoint(url=upstream.url, replica_id="live")
     directory = StaticDirectory({"chat": [dead, live], "emb": [live]})
     app = IngressApp(CONFIG, directory, Upstream(TOKEN))
     port = free_port()
@@ -112,7 +108,7 @@ async def stack() -> AsyncIterator[tuple[str, StandInReplica, StaticDirectory]]:
     yield f"http://127.0.0.1:{port}", replica, directory
     server.should_exit = True
     await task
-    await runner.cleanup()
+    await upstream.stop()
 
 
 async def call(base: str, path: str, body: object = None, raw: bytes | None = None, **kw: object):

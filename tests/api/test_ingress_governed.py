@@ -13,7 +13,7 @@ import yaml
 from aiohttp import web
 
 from harness.ports import free_port
-from harness.standins import OneReplicaDirectory, serve
+from harness.standins import OneReplicaDirectory, serve, serve_handler
 from service.api.ingress import IngressApp
 from service.api.metrics_app import MetricsApp
 from service.api.upstream import Endpoint, Upstream
@@ -79,19 +79,14 @@ async def governed(tmp_path: Path):
     path = tmp_path / "governance.yaml"
     path.write_text(yaml.safe_dump(policy))
     replica = Replica()
-    web_app = web.Application()
-    web_app.router.add_post("/{tail:.*}", replica.handle)
-    runner = web.AppRunner(web_app)
-    await runner.setup()
-    replica_port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", replica_port).start()
+    upstream = await serve_handler(replica.handle)
     metrics = ServiceMetrics()
     settings = Settings(state_dir=tmp_path, governance_file=path, audit_stdout=False, admin_token="t")
     governor = build_governor(CONFIG, settings, metrics, kill_poll_s=0.05, lease_ttl_s=3)
     await governor.start()
     app = IngressApp(
         CONFIG,
-        OneReplicaDirectory(Endpoint(f"http://127.0.0.1:{replica_port}", "r")),
+        OneReplicaDirectory(Endpoint(upstream.url, "r")),
         Upstream(TOKEN),
         governor,
         metrics=metrics,
@@ -100,7 +95,7 @@ async def governed(tmp_path: Path):
     yield served.url, keys, replica, governor, tmp_path
     await served.stop()
     await governor.stop()
-    await runner.cleanup()
+    await upstream.stop()
 
 
 async def post(base: str, key: str, body: dict[str, object]) -> tuple[int, dict[str, str], bytes]:

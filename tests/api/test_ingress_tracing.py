@@ -11,8 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from harness.ports import free_port
-from harness.standins import OneReplicaDirectory, serve
+from harness.standins import OneReplicaDirectory, serve, serve_handler
 from service.api.ingress import IngressApp
 from service.api.upstream import Endpoint, Upstream
 from service.config.loader import parse_config
@@ -46,20 +45,13 @@ async def traced(
         await response.write(b"data: [DONE]\n\n")
         return response
 
-    web_app = web.Application()
-    web_app.router.add_post("/{tail:.*}", handle)
-    runner = web.AppRunner(web_app)
-    await runner.setup()
-    replica_port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", replica_port).start()
+    upstream = await serve_handler(handle)
     tracing = Tracing(otlp_exporter({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}), "ingress")
-    app = IngressApp(
-        CONFIG, OneReplicaDirectory(Endpoint(f"http://127.0.0.1:{replica_port}", "r")), Upstream(TOKEN), tracing=tracing
-    )
+    app = IngressApp(CONFIG, OneReplicaDirectory(Endpoint(upstream.url, "r")), Upstream(TOKEN), tracing=tracing)
     served = await serve(app)
     yield served.url, seen, receiver, tracing
     await served.stop()
-    await runner.cleanup()
+    await upstream.stop()
     tracing.shutdown()
     receiver.stop()
 

@@ -11,7 +11,7 @@ import asyncio
 import aiohttp
 from aiohttp import web
 
-from harness.ports import free_port
+from harness.standins import serve_handler
 from service.api.upstream import RelayState, relay
 
 PIECES = [b'data: {"a"', b':1}\n\ndata: {"b":2}\n', b"\ndata: [DO", b"NE]\n\n"]
@@ -62,12 +62,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 
 async def relayed(hooks: tuple) -> list[bytes]:
-    app = web.Application()
-    app.router.add_get("/", stream)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    upstream = await serve_handler(stream, "GET")
     sent: list[bytes] = []
 
     async def send(message: dict) -> None:
@@ -80,12 +75,12 @@ async def relayed(hooks: tuple) -> list[bytes]:
 
     try:
         async with aiohttp.ClientSession() as session:
-            response = await session.get(f"http://127.0.0.1:{port}/")
+            response = await session.get(upstream.url + "/")
             state = RelayState(hooks=hooks)
             await relay(response, receive, send, [], state)
             assert state.sse and state.ended and all(hook.sse for hook in hooks)
     finally:
-        await runner.cleanup()
+        await upstream.stop()
     return sent
 
 
