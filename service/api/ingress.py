@@ -12,7 +12,6 @@ nothing of Ray or vLLM.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import time
@@ -272,10 +271,10 @@ class IngressApp:
 
     async def _ungoverned(self, ctx: RequestContext, model: ModelConfig, body: bytes) -> None:
         if ctx.obs.span is None:
-            await self._forward(ctx, model, body, ctx.headers, RelayState())
+            await self._forwarder.forward(ctx, model, body, ctx.headers, RelayState())
             return
         tap = UsageTap(False, finish_reasons=True)  # traced: read usage and finish reasons off the response
-        await self._forward(ctx, model, body, ctx.headers, RelayState(hooks=(tap,)))
+        await self._forwarder.forward(ctx, model, body, ctx.headers, RelayState(hooks=(tap,)))
         observe_tap(ctx.obs, tap)
 
     async def _governed(self, ctx: RequestContext, ticket: Ticket) -> None:
@@ -288,7 +287,7 @@ class IngressApp:
                 ctx.forwarded[MAX_PROMPT_TOKENS_HEADER] = str(shaped.max_prompt_tokens)
             body = json.dumps(shaped.body).encode()
             headers = [*ctx.headers, *ticket.headers.items()]
-            work = self._forward(ctx, ticket.model, body, headers, state, ticket.stop)
+            work = self._forwarder.forward(ctx, ticket.model, body, headers, state, ticket.stop)
             await self._counted(ctx, ticket.run(work))
         except errors.APIError as error:
             failed = error.status  # the audit's status unless the 200 already went out
@@ -302,14 +301,3 @@ class IngressApp:
                 ctx.obs.usage = (usage.prompt_tokens, usage.completion_tokens)
             if ticket.tap is not None:
                 ctx.obs.finish_reasons = ticket.tap.finish_reasons
-
-    async def _forward(
-        self,
-        ctx: RequestContext,
-        model: ModelConfig,
-        body: bytes,
-        headers: list[tuple[str, str]],
-        state: RelayState,
-        stop: asyncio.Future[BaseException] | None = None,
-    ) -> None:
-        await self._forwarder.forward(ctx, model, body, headers, state, stop)
