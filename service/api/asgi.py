@@ -111,20 +111,22 @@ async def wait_disconnect(receive: Receive) -> None:
 
 
 async def until_disconnect(
-    work: Awaitable[Any], receive: Receive, stop: asyncio.Future[BaseException] | None = None
+    work: Awaitable[Any], receive: Receive | None, stop: asyncio.Future[BaseException] | None = None
 ) -> Any:
     """Await ``work``; if the client disconnects first, cancel it and raise :class:`Disconnected`.
 
     ``stop``, when given, is a second reason to end early (a governance kill): if it completes first,
-    ``work`` is cancelled and the exception it holds is raised.
+    ``work`` is cancelled and the exception it holds is raised. ``receive=None`` watches ``stop`` alone
+    (one task fewer, where a disconnect is not worth watching for).
     """
     task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(wait_disconnect(receive))
+    watcher = asyncio.ensure_future(wait_disconnect(receive)) if receive is not None else None
+    waits = {task, *(w for w in (watcher, stop) if w is not None)}
     try:
-        await asyncio.wait({task, watcher} if stop is None else {task, watcher, stop}, return_when=FIRST)
+        await asyncio.wait(waits, return_when=FIRST)
     finally:
         for pending in (task, watcher):
-            if not pending.done():
+            if pending is not None and not pending.done():
                 pending.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await pending

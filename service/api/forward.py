@@ -10,11 +10,10 @@ or the request's ``stop`` future (a governance kill) completing — ends it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
-from collections.abc import Coroutine, Iterable, Sequence
-from typing import Any, Protocol, TypeVar
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from service.api.asgi import until_disconnect
 from service.api.context import Exchange
@@ -23,7 +22,6 @@ from service.config.schema import ModelConfig
 from service.protocol import errors
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class Directory(Protocol):
@@ -45,21 +43,6 @@ def pick(endpoints: Sequence[Endpoint]) -> Endpoint:
         return endpoints[0]
     first, second = random.sample(list(endpoints), 2)
     return first if first.inflight <= second.inflight else second
-
-
-async def unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Future[BaseException]) -> T:
-    """Await ``work``, unless ``stop`` completes first: then cancel it and raise the exception ``stop`` holds."""
-    task = asyncio.ensure_future(work)
-    try:
-        await asyncio.wait((task, stop), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-    if not task.cancelled():
-        return task.result()
-    raise stop.result()
 
 
 class Forwarder:
@@ -105,7 +88,8 @@ class Forwarder:
             endpoint.inflight += 1
             try:
                 sent = self.upstream.open(endpoint, ctx.path, body, ctx.forwarded)
-                response = await sent if stop is None else await unless_stopped(sent, stop)
+                # a kill also ends the wait for the response head (the client leaving is seen by the relay)
+                response = await sent if stop is None else await until_disconnect(sent, None, stop)
                 if response.status >= 400:
                     raise await read_error(response)
                 await relay(response, ctx.receive, ctx.send, headers, state, stop)

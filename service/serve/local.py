@@ -12,7 +12,6 @@ import urllib.error
 import urllib.request
 from collections.abc import MutableMapping
 
-from service.config.loader import apply_settings
 from service.config.schema import ServiceConfig
 from service.config.settings import Settings
 
@@ -103,7 +102,6 @@ def deploy(config: ServiceConfig, settings: Settings, timeout_s: float = 900.0) 
 
     from service.serve.builder import build_app
 
-    config = apply_settings(config, settings)  # what build_app serves: the URL must be its
     start_ray(config, settings)
     serve.start(proxy_location="Disabled", http_options={"host": "127.0.0.1"})
     serve.run(build_app(config, settings), name=APP_NAME, route_prefix=None, blocking=False)
@@ -145,8 +143,11 @@ def models_summary(config: ServiceConfig) -> str:
 
 
 def serve_forever(config: ServiceConfig, settings: Settings) -> None:
-    """Run until SIGINT/SIGTERM, then stop every process that was started."""
-    config = apply_settings(config, settings)
+    """Run until SIGINT/SIGTERM, then stop every process that was started.
+
+    ``config`` already carries the settings' overrides (the CLI applies ``apply_settings``), so the URL
+    printed is the one ``build_app`` serves.
+    """
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
