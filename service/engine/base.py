@@ -1,6 +1,6 @@
 """The engine seam: what the layers above need from an inference engine.
 
-The vLLM adapter (``vllm_engine.py``) is the only module that imports vLLM;
+The vLLM adapter (the ``vllm_engine`` package) is the only code that imports vLLM;
 ``fake.py`` implements the same interface for fast unit tests of the layers
 above. An engine answers OpenAI API calls with already-encoded bodies, so the
 HTTP layer never re-serialises what the engine produced.

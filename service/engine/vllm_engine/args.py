@@ -1,0 +1,45 @@
+"""vLLM engine arguments from one Paddock model entry."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from vllm.engine.arg_utils import AsyncEngineArgs
+
+from service.config.schema import ModelConfig
+
+
+class EngineArgsError(ValueError):
+    """An ``engine_args`` key vLLM does not know."""
+
+
+def engine_args(model: ModelConfig, path: Path, otlp_traces_endpoint: str | None = None) -> AsyncEngineArgs:
+    """vLLM engine arguments for one model entry (validated against vLLM's own fields)."""
+    known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+    unknown = sorted(set(model.engine_args) - known)
+    if unknown:
+        raise EngineArgsError(f"models[{model.id}].engine_args: unknown vLLM engine argument(s): {', '.join(unknown)}")
+    tp = model.resources.tensor_parallel_size
+    args: dict[str, Any] = {
+        "model": str(path),
+        "served_model_name": list(model.names),
+        "dtype": model.dtype,
+        "trust_remote_code": model.trust_remote_code,
+        "max_model_len": model.max_model_len,
+        "tensor_parallel_size": tp,
+        "runner": "pooling" if model.task == "embed" else "generate",
+        "enforce_eager": True,
+        "disable_log_stats": False,
+    }
+    if tp > 1:
+        args["distributed_executor_backend"] = "ray"
+    if model.kv_cache_memory is not None:
+        args["kv_cache_memory_bytes"] = int(model.kv_cache_memory)
+    elif model.task == "embed":
+        args["kv_cache_memory_bytes"] = 64 * 1024 * 1024
+    if otlp_traces_endpoint:
+        args["otlp_traces_endpoint"] = otlp_traces_endpoint
+    args.update(model.engine_args)
+    return AsyncEngineArgs(**args)
