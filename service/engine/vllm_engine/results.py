@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +16,32 @@ from service.protocol import errors
 log = logging.getLogger(__name__)
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+# vLLM's messages name `vllm serve` flags, which a Paddock user cannot pass: name the config key instead.
+CONFIG_KEYS = {
+    "--enable-auto-tool-choice and --tool-call-parser": "tool_call_parser",
+    "--enable-auto-tool-choice": "tool_call_parser",
+    "--tool-call-parser": "tool_call_parser",
+    "--reasoning-parser": "reasoning_parser",
+    "--chat-template": "chat_template",
+    "--max-model-len": "max_model_len",
+    "--trust-remote-code": "trust_remote_code",
+    "--tokenizer-mode": "tokenizer_mode",
+}
+_FLAG = re.compile(r"--(?:" + "|".join(re.escape(flag[2:]) for flag in CONFIG_KEYS) + r")\b|--([a-z][a-z0-9-]+)")
+
+
+def config_terms(message: str) -> str:
+    """``message`` with each vLLM CLI flag replaced by the Paddock model-entry key that sets it."""
+    if "--" not in message:
+        return message
+
+    def key(match: re.Match[str]) -> str:
+        named = CONFIG_KEYS.get(match.group(0))
+        if named is not None:
+            return f"the model's `{named}` (models[].{named} in the Paddock config)"
+        return f"`models[].engine_args.{match.group(1).replace('-', '_')}` in the Paddock config"
+
+    return _FLAG.sub(key, message)
 
 
 def requested_tokens(request: pydantic.BaseModel) -> int | None:
@@ -45,11 +72,31 @@ def validation_error(error: pydantic.ValidationError) -> errors.APIError:
     return errors.invalid_request(f"Invalid request: {param}: {first['msg']}", param=param)
 
 
-def to_api_error(response: ErrorResponse) -> errors.APIError:
-    """vLLM's ErrorResponse (type names, integer codes) in OpenAI's terms."""
+_GRAMMAR_FAILURES = ("Grammar error", "structured output", "JSON schema", "json_schema", "xgrammar", "guidance")
+
+
+def structured_output_field(body: dict[str, object]) -> str | None:
+    """The request field holding the grammar (schema, regex, choice, tools) a request constrains its output with."""
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+        return "response_format.json_schema.schema"
+    for name in ("response_format", "structured_outputs", "text"):
+        if body.get(name) is not None:
+            return name
+    return "tools" if body.get("tools") else None
+
+
+def to_api_error(response: ErrorResponse, body: dict[str, object] | None = None) -> errors.APIError:
+    """vLLM's ErrorResponse (type names, integer codes) in OpenAI's terms; ``body`` names a failed grammar's field."""
     error = response.error
     status = int(error.code) if str(error.code).isdigit() else 500
-    message = error.message
+    message = config_terms(error.message)
+    if status == 400 and error.param is None and body is not None and any(m in message for m in _GRAMMAR_FAILURES):
+        field = structured_output_field(body)
+        if field is not None:
+            return errors.invalid_request(
+                f"Invalid {field}: the output grammar does not compile: {message}", param=field
+            )
     if "maximum context length" in message or "your policy allows at most" in message:
         return errors.context_length_exceeded(message) if status == 400 else errors.internal()
     if status == 404 and error.param == "model":
@@ -67,7 +114,7 @@ def _sse_error(chunk: bytes) -> bytes:
     try:
         data = json.loads(chunk.removeprefix(b"data: "))
         status = int(data["error"].get("code") or 500)
-        message = str(data["error"].get("message") or "stream failed")
+        message = config_terms(str(data["error"].get("message") or "stream failed"))
     except (ValueError, KeyError, TypeError, AttributeError):
         return chunk
     error = errors.APIError(status, message, type="server_error" if status >= 500 else "invalid_request_error")
