@@ -18,11 +18,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from service.governance.policy import Parameters
+from service.governance.policy import REASONING_EFFORTS, Parameters
 from service.governance.refusal import Refusal
 from service.protocol.routes import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, ROUTES, Route
 
-# Responses fields that pull in prompt text stored server-side, of unknown size.
+# Responses fields that pull in prompt text stored server-side, of unknown size (the first two are refused).
 _STORED_CONTEXT = ("previous_response_id", "conversation", "prompt")
 # Content parts whose token count is not bounded by their JSON size (an image URL of 40 bytes
 # can cost a thousand tokens): a prompt holding one is bounded by the per-prompt ceiling instead.
@@ -85,6 +85,11 @@ def shape_request(
         raise ValueError(f"no parameter policy for route {route!r}")
     _check_fields(body, spec.fields, params.allowed_fields)
     shaped = dict(body)
+    if route == RESPONSES:
+        _check_stored_state(shaped)
+    _check_builtin_tools(route, shaped, params.builtin_tools)
+    if params.max_reasoning_effort is not None:
+        _cap_reasoning_effort(route, shaped, params.max_reasoning_effort)
     stream, include_usage = _shape_stream(spec, shaped)
     out = _shape_output(spec, shaped, params, max_model_len)
     choices = _check_choices(spec, shaped, params.max_n)
@@ -109,6 +114,67 @@ def _check_fields(body: dict[str, Any], fields: frozenset[str], allowed: tuple[s
     if unknown:
         name = str(min(unknown, key=str))
         raise Refusal("unknown_parameter", f"Unrecognized request argument supplied: {name}", param=name)
+
+
+def _check_stored_state(shaped: dict[str, Any]) -> None:
+    """Paddock keeps no responses: refuse what needs a stored one, rather than answer without it."""
+    if shaped.get("background"):
+        raise _invalid(
+            "background",
+            "Background responses are not available: Paddock stores no responses. "
+            "Send the request without `background` (stream it to see progress).",
+        )
+    if shaped.get("store"):
+        raise _invalid(
+            "store",
+            "Stored responses are not available: Paddock stores no responses. "
+            "Send `store: false` (or leave it out) and keep the conversation on your side.",
+        )
+    for name in ("previous_response_id", "conversation"):
+        if shaped.get(name) is not None:
+            raise _invalid(
+                name,
+                f"`{name}` is not available: Paddock stores no responses or conversations. "
+                "Send the earlier turns in `input`.",
+            )
+
+
+_FUNCTION_TOOLS = frozenset({"function", "custom"})
+
+
+def _check_builtin_tools(route: str, shaped: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    """Built-in tools (search, code, MCP, ...) act outside the model: only a tenant's policy turns one on."""
+    if route == CHAT and shaped.get("web_search_options") is not None and "web_search" not in allowed:
+        raise _invalid("web_search_options", "Web search is not enabled for this key.")
+    tools = shaped.get("tools") if route == RESPONSES else None
+    if not isinstance(tools, list):
+        return
+    for index, tool in enumerate(tools):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if isinstance(kind, str) and kind not in _FUNCTION_TOOLS and kind not in allowed:
+            raise _invalid(f"tools[{index}].type", f"The built-in tool {kind!r} is not enabled for this key.")
+
+
+def _cap_reasoning_effort(route: str, shaped: dict[str, Any], cap: str) -> None:
+    """Lower the request's reasoning effort to ``cap``; a request naming none gets ``min(cap, medium)``."""
+    if route == CHAT:
+        holder, name = shaped, "reasoning_effort"
+    elif route == RESPONSES:
+        given = shaped.get("reasoning")
+        if given is not None and not isinstance(given, dict):
+            raise _invalid("reasoning", "reasoning must be an object.")
+        holder, name = dict(given or {}), "effort"
+        shaped["reasoning"] = holder
+    else:
+        return
+    effort = holder.get(name)
+    limit = REASONING_EFFORTS.index(cap)
+    if effort is None:
+        holder[name] = REASONING_EFFORTS[min(limit, REASONING_EFFORTS.index("medium"))]
+    elif effort not in REASONING_EFFORTS:
+        raise _invalid(name, f"{name} must be one of {', '.join(REASONING_EFFORTS)}.")
+    elif REASONING_EFFORTS.index(effort) > limit:
+        holder[name] = cap
 
 
 def _shape_stream(spec: Route, shaped: dict[str, Any]) -> tuple[bool, bool]:

@@ -37,6 +37,11 @@ class Limits(StrictModel):
     tokens_per_month: int | None = Field(default=None, ge=1)
 
 
+# OpenAI's reasoning efforts, least to most.
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
+
+
 class Parameters(StrictModel):
     """What a request may ask of a model."""
 
@@ -50,6 +55,16 @@ class Parameters(StrictModel):
     request_timeout_s: float | None = Field(default=None, gt=0)
     allowed_fields: tuple[str, ...] = Field(
         default=(), description="Request fields beyond OpenAI's (vLLM extensions) this tenant may set."
+    )
+    max_reasoning_effort: ReasoningEffort | None = Field(
+        default=None,
+        description="Cap on reasoning_effort (chat) and reasoning.effort (Responses); higher asks are lowered "
+        "to it, and a request that names none gets min(cap, medium).",
+    )
+    builtin_tools: tuple[str, ...] = Field(
+        default=(),
+        description="Responses built-in tool types (web_search_preview, code_interpreter, mcp, ...) this tenant "
+        "may send; function tools are always allowed. Chat's web_search_options needs `web_search`.",
     )
 
 

@@ -455,9 +455,9 @@ def test_responses_reservation() -> None:
     assert shape(RESPONSES, body).reserve_tokens == size("Hi", items, None) + 3 * 16 + 10
 
 
-@pytest.mark.parametrize("field", ["previous_response_id", "conversation", "prompt"])
-def test_responses_with_stored_context_reserve_the_prompt_ceiling(field: str) -> None:
-    body = {"model": "m", "input": "hi", "max_output_tokens": 10, field: "resp_1"}
+def test_responses_with_a_stored_prompt_reserve_the_prompt_ceiling() -> None:
+    # previous_response_id and conversation are refused (test_params_levers); a stored prompt template is not.
+    body = {"model": "m", "input": "hi", "max_output_tokens": 10, "prompt": {"id": "pmpt_1"}}
     assert shape(RESPONSES, body, max_model_len=1000).reserve_tokens == 1000
     assert shape(RESPONSES, body, max_prompt_tokens=300).reserve_tokens == 300 + 10
 
