@@ -153,3 +153,28 @@ def test_responses_refuse_stored_state(stack) -> None:
         with pytest.raises(openai.BadRequestError) as caught:
             client.responses.create(model=CHAT, input="hi", max_output_tokens=5, **{field: value})
         assert caught.value.body["param"] == field and "stores no responses" in caught.value.body["message"]
+
+
+def test_a_strict_tool_gets_arguments_valid_against_its_schema(stack) -> None:
+    """With `strict: true`, vLLM's structural tag pins the arguments to the tool's schema too."""
+    strict = {
+        "type": "function",
+        "function": {
+            **WEATHER_TOOL["function"],
+            "strict": True,
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 24}},
+                "required": ["city"],
+                "additionalProperties": False,
+            },
+        },
+    }
+    reply = stack.client().chat.completions.create(
+        model=CHAT, messages=WEATHER, tools=[strict], tool_choice="required", max_tokens=120, temperature=0
+    )
+    calls = reply.choices[0].message.tool_calls
+    assert calls
+    for call in calls:
+        arguments = json.loads(call.function.arguments)
+        assert set(arguments) == {"city"} and isinstance(arguments["city"], str)

@@ -23,12 +23,18 @@ Call = Callable[[Operation, dict[str, object], CallContext], Awaitable[Result]]
 
 _HELLO = [{"role": "user", "content": "Hello."}]
 _SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
-_TOOL = {
+_TOOL = {  # strict, with one possible argument: the structural tag forces a short, complete call
     "type": "function",
     "function": {
         "name": "paddock_warmup",
         "description": "A function the warm-up asks for.",
-        "parameters": {"type": "object", "properties": {"value": {"type": "string"}}, "required": ["value"]},
+        "strict": True,
+        "parameters": {
+            "type": "object",
+            "properties": {"value": {"type": "string", "enum": ["ok"]}},
+            "required": ["value"],
+            "additionalProperties": False,
+        },
     },
 }
 
@@ -54,7 +60,7 @@ def warmup_requests(model: ModelConfig) -> list[tuple[str, Operation, dict[str, 
         ),
     ]
     if model.tool_call_parser is not None:
-        requests.append(("tool call", "chat", {**chat, "max_tokens": 8, "tools": [_TOOL], "tool_choice": "required"}))
+        requests.append(("tool call", "chat", {**chat, "max_tokens": 64, "tools": [_TOOL], "tool_choice": "required"}))
     return requests
 
 
