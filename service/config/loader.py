@@ -6,6 +6,10 @@
 * the ``args`` Ray Serve hands to the app builder (``serve deploy``, KubeRay).
 
 Every failure is a :class:`ConfigError` naming the file (or origin) and the key.
+
+A Hugging Face source may be *unpinned* (``revision: null`` with a ``pin_hint``): a catalog
+entry (deploy/models) for which no verified commit is known yet. Serving refuses it with a message
+that says what to pin and how; :func:`load_catalog_file` checks the rest of its shape.
 :func:`apply_settings` is the one place where process settings (``PADDOCK_HOST`` …)
 override the loaded config, for every entry point alike.
 """
@@ -13,6 +17,7 @@ override the loaded config, for every entry point alike.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -34,8 +39,39 @@ SETTINGS_OVERRIDES: dict[str, tuple[str, str]] = {
 }
 
 
+# Stands in for an unpinned revision while a catalog entry's shape is checked (never served).
+CATALOG_PLACEHOLDER_REVISION = "0" * 40
+
+
 class ConfigError(ValueError):
     """A service config that cannot be used; the message names origin and key."""
+
+
+@dataclass(frozen=True)
+class Unpinned:
+    """A model whose Hugging Face source has no revision yet."""
+
+    index: int
+    model_id: str
+    hf: str
+    hint: str
+
+    def message(self, origin: str) -> str:
+        url = f"https://huggingface.co/{self.hf}"
+        return (
+            f"{origin}: models[{self.index}].source.revision: {self.hf} is not pinned ({self.hint}). "
+            f"Pin the commit you validated: `git ls-remote {url} refs/heads/main` prints it "
+            f"(or take it from the History tab of {url}); set source.revision to its 40 hex digits "
+            "and remove pin_hint."
+        )
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """A catalog file checked for shape: its config (unpinned revisions as a placeholder) and what is unpinned."""
+
+    config: ServiceConfig
+    unpinned: tuple[Unpinned, ...] = ()
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -67,14 +103,68 @@ def format_validation_error(error: ValidationError, origin: str, what: str = "se
     return f"invalid {what}\n  " + "\n  ".join(lines)
 
 
-def parse_config(data: Any, origin: str) -> ServiceConfig:
-    """Validate a config mapping; ``origin`` names where it came from."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{origin}: the service config must be a mapping, got {type(data).__name__}")
+def _unpinned_source(model: Any) -> tuple[str, str] | None:
+    """(hf id, hint) of a model mapping whose hf source is unpinned; None otherwise."""
+    source = model.get("source") if isinstance(model, Mapping) else None
+    if not isinstance(source, Mapping) or "pin_hint" not in source or "hf" not in source:
+        return None
+    if source.get("revision") is not None:
+        return None  # pinned: the schema rejects the leftover pin_hint as an unknown key
+    return str(source["hf"]), str(source["pin_hint"] or "no hint given")
+
+
+def find_unpinned(data: Mapping[str, Any]) -> tuple[Unpinned, ...]:
+    """The models of a raw config mapping whose Hugging Face source is unpinned."""
+    models = data.get("models")
+    if not isinstance(models, list):
+        return ()
+    found = []
+    for index, model in enumerate(models):
+        unpinned = _unpinned_source(model)
+        if unpinned is not None:
+            found.append(Unpinned(index, str(model.get("id", "?")), *unpinned))
+    return tuple(found)
+
+
+def _with_placeholder_revisions(data: Mapping[str, Any], unpinned: tuple[Unpinned, ...]) -> dict[str, Any]:
+    models = list(data["models"])
+    for item in unpinned:
+        source = {k: v for k, v in models[item.index]["source"].items() if k != "pin_hint"}
+        models[item.index] = {**models[item.index], "source": {**source, "revision": CATALOG_PLACEHOLDER_REVISION}}
+    return {**data, "models": models}
+
+
+def _validate(data: Mapping[str, Any], origin: str) -> ServiceConfig:
     try:
         return ServiceConfig.model_validate(dict(data))
     except ValidationError as error:
         raise ConfigError(format_validation_error(error, origin)) from None
+
+
+def parse_config(data: Any, origin: str) -> ServiceConfig:
+    """Validate a config mapping for serving; ``origin`` names where it came from.
+
+    An unpinned Hugging Face source is refused with what to pin and how to find it.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{origin}: the service config must be a mapping, got {type(data).__name__}")
+    unpinned = find_unpinned(data)
+    if unpinned:
+        raise ConfigError("\n".join(item.message(origin) for item in unpinned))
+    return _validate(data, origin)
+
+
+def load_catalog_file(path: Path) -> CatalogEntry:
+    """A catalog file (deploy/models) checked for shape: unpinned sources are allowed and reported.
+
+    Not for serving: unpinned revisions are a placeholder in the returned config.
+    """
+    data = _read_yaml(path)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: the service config must be a mapping, got {type(data).__name__}")
+    unpinned = find_unpinned(data)
+    config = _validate(_with_placeholder_revisions(data, unpinned) if unpinned else data, str(path))
+    return CatalogEntry(config, unpinned)
 
 
 def _read_yaml(path: Path) -> Any:

@@ -42,8 +42,17 @@ RESERVED_ENGINE_ARGS = frozenset(
         "convert",
         "task",
         "distributed_executor_backend",
+        "quantization",
+        "tokenizer_mode",
+        "enable_expert_parallel",
     }
 )
+
+# Quantization formats a catalog entry may assert, by vLLM's names: MXFP4 (gpt-oss), block FP8
+# (DeepSeek, Kimi, Qwen -FP8 releases), compressed-tensors (llm-compressor), AWQ and GPTQ.
+Quantization = Literal["mxfp4", "fp8", "compressed-tensors", "awq", "gptq"]
+# vLLM's tokenizer modes used by catalog models: mistral (tekken), deepseek_v32 (V3.2's encoder).
+TokenizerMode = Literal["auto", "hf", "mistral", "deepseek_v32"]
 
 
 class StrictModel(BaseModel):
@@ -135,28 +144,69 @@ class Autoscaling(StrictModel):
         return self.min_replicas == 0
 
 
+class GpuShape(StrictModel):
+    """The GPUs one replica's sizing was made for: ``nodes`` nodes (Ray pods) of ``gpus_per_node``."""
+
+    gpu: str = Field(min_length=1, description="GPU model and memory, e.g. H100-80GB, H200-141GB.")
+    gpus_per_node: int = Field(ge=1, le=16, description="GPUs of each node the replica uses.")
+    nodes: int = Field(default=1, ge=1, description="Nodes (Ray worker pods) of one replica.")
+
+
 class Resources(StrictModel):
-    """What one replica reserves from Ray, and how its GPUs are grouped."""
+    """What one replica reserves from Ray, and how its GPUs are grouped.
+
+    A replica runs ``tensor_parallel_size x pipeline_parallel_size`` GPU workers, each with ``gpus``.
+    """
 
     cpus: float = Field(default=1.0, ge=0)
-    gpus: float = Field(default=0.0, ge=0)
+    gpus: float = Field(default=0.0, ge=0, description="GPUs of each GPU worker (the replica is the first).")
     memory: ByteSize | None = Field(default=None, description="Ray memory reservation.")
     tensor_parallel_size: int = Field(default=1, ge=1)
+    pipeline_parallel_size: int = Field(default=1, ge=1, description="Pipeline stages, usually one per node.")
+    enable_expert_parallel: bool = Field(
+        default=False, description="MoE experts sharded across the TP x PP workers instead of tensor-split."
+    )
     placement_strategy: Literal["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"] = "STRICT_PACK"
-    accelerator_type: str | None = None
+    accelerator_type: str | None = Field(
+        default=None, description="Ray accelerator type the replica must run on (e.g. H100); unset: any GPU."
+    )
+    gpu_shape: GpuShape | None = Field(
+        default=None, description="The hardware this sizing is for (the chart sizes GPU pods from it)."
+    )
+
+    @property
+    def gpu_workers(self) -> int:
+        """How many GPU workers one replica runs: tensor x pipeline parallel."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
 
     @model_validator(mode="after")
-    def _tensor_parallel_needs_gpus(self) -> Resources:
-        if self.tensor_parallel_size > 1 and self.gpus < 1:
-            raise ValueError("tensor_parallel_size > 1 needs gpus >= 1 per worker")
+    def _parallel_needs_gpus(self) -> Resources:
+        if self.gpu_workers > 1 and self.gpus < 1:
+            which = "tensor_parallel_size" if self.tensor_parallel_size > 1 else "pipeline_parallel_size"
+            raise ValueError(f"{which} > 1 needs gpus >= 1 per worker")
+        return self
+
+    @model_validator(mode="after")
+    def _shape_fits(self) -> Resources:
+        shape = self.gpu_shape
+        if shape is None:
+            return self
+        needed = self.gpu_workers * self.gpus
+        if shape.gpus_per_node * shape.nodes != needed:
+            raise ValueError(
+                f"gpu_shape has {shape.nodes} x {shape.gpus_per_node} GPUs, the replica needs "
+                f"tensor_parallel_size x pipeline_parallel_size x gpus = {needed:g}"
+            )
+        if shape.nodes > 1 and self.placement_strategy == "STRICT_PACK":
+            raise ValueError("gpu_shape spans several nodes: placement_strategy STRICT_PACK needs one node; use PACK")
         return self
 
     def placement_group_bundles(self) -> list[dict[str, float]] | None:
-        """One bundle for the replica, one per extra tensor-parallel worker."""
-        if self.tensor_parallel_size == 1:
+        """One bundle for the replica, one per extra GPU worker (tensor x pipeline parallel)."""
+        if self.gpu_workers == 1:
             return None
         first: dict[str, float] = {"CPU": self.cpus, "GPU": self.gpus}
-        workers = [{"GPU": self.gpus} for _ in range(self.tensor_parallel_size - 1)]
+        workers = [{"GPU": self.gpus} for _ in range(self.gpu_workers - 1)]
         return [first, *workers]
 
 
@@ -168,6 +218,11 @@ class ModelConfig(StrictModel):
     source: Source
     task: Literal["generate", "embed"] = "generate"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    quantization: Quantization | None = Field(
+        default=None,
+        description="The checkpoint's quantization. vLLM detects it; set, a checkpoint that differs fails to load.",
+    )
+    tokenizer_mode: TokenizerMode = "auto"
     max_model_len: int | None = Field(default=None, ge=16)
     kv_cache_memory: ByteSize | None = Field(
         default=None,

@@ -99,7 +99,7 @@ def test_values_the_schema_allows_but_the_service_refuses_fail_in_the_loader(tmp
         '[{"id":"m","source":{"path":"/m"},"resources":{"gpus":0,"tensor_parallel_size":2},"kv_cache_memory":"1GiB"}]'
     )
     result = parse("bad", helm_template([], ["--set-json", f"models={model}"]).stdout)
-    with pytest.raises(ConfigError, match="tensor_parallel_size > 1 needs gpus"):
+    with pytest.raises(ConfigError, match="> 1 needs gpus"):
         load(tmp_path, result.one("ConfigMap", "paddock-config")["data"]["paddock.yaml"], "bad.yaml")
 
 

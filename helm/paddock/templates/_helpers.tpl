@@ -138,8 +138,128 @@ Hosts are 0.0.0.0 so the pod's Services reach them; rayservice mode caps the ing
 {{- end }}
 {{- $admin := merge (dict "host" "0.0.0.0") (deepCopy .Values.admin) }}
 {{- $metrics := merge (dict "host" "0.0.0.0") (deepCopy .Values.metrics) }}
-{{- $config := dict "ingress" $ingress "admin" $admin "metrics" $metrics "models" .Values.models }}
+{{- $models := (include "paddock.models" . | fromYaml).models }}
+{{- $config := dict "ingress" $ingress "admin" $admin "metrics" $metrics "models" $models }}
 {{- toYaml $config }}
+{{- end }}
+
+{{/*
+The served models ({models: [...]}): .Values.models with every {catalog: NAME, ...} entry replaced by
+the model of deploy/models/NAME.yaml (files/models links there), the entry's other keys merged over it.
+`revision` pins an unpinned catalog model; an unpinned one without it fails the render with its pin hint.
+*/}}
+{{- define "paddock.models" -}}
+{{- $models := list }}
+{{- range $index, $model := .Values.models }}
+{{- if hasKey $model "catalog" }}
+{{- $models = append $models (include "paddock.catalogModel" (dict "root" $ "model" $model "index" $index) | fromYaml) }}
+{{- else }}
+{{- $models = append $models $model }}
+{{- end }}
+{{- end }}
+{{- toYaml (dict "models" $models) }}
+{{- end }}
+
+{{/* One catalog model with its overrides (dict root, model, index). */}}
+{{- define "paddock.catalogModel" -}}
+{{- $name := .model.catalog }}
+{{- $text := .root.Files.Get (printf "files/models/%s.yaml" $name) }}
+{{- if not $text }}
+{{- fail (printf "models[%d].catalog: no catalog model %q (the files of deploy/models, without .yaml)" .index $name) }}
+{{- end }}
+{{- $entry := deepCopy (first (fromYaml $text).models) }}
+{{- $merged := mergeOverwrite $entry (omit .model "catalog" "revision") }}
+{{- $source := $merged.source }}
+{{- with .model.revision }}
+{{- $_ := set $source "revision" . }}
+{{- end }}
+{{- if and (hasKey $source "hf") (not $source.revision) }}
+{{- fail (printf "models[%d] (catalog %s): %s is not pinned (%s). Pin the commit you validated: `git ls-remote https://huggingface.co/%s refs/heads/main` prints it (or the History tab of the model page); set models[%d].revision to its 40 hex digits" .index $name $source.hf ($source.pin_hint | default "no hint") $source.hf .index) }}
+{{- end }}
+{{- $_ := unset $source "pin_hint" }}
+{{- toYaml $merged }}
+{{- end }}
+
+{{/* GPUs one model's replica uses: tensor x pipeline parallel x gpus per worker (rounded up). */}}
+{{- define "paddock.modelGpus" -}}
+{{- $r := .resources | default dict }}
+{{- ceil (mulf ($r.tensor_parallel_size | default 1) ($r.pipeline_parallel_size | default 1) ($r.gpus | default 0)) | int }}
+{{- end }}
+
+{{/*
+Standalone: the GPUs of the one pod, the sum over the models (each must fit one node). Fails for a
+model whose gpu_shape spans several nodes: that needs rayservice mode.
+*/}}
+{{- define "paddock.standaloneGpus" -}}
+{{- $total := 0 }}
+{{- range (include "paddock.models" . | fromYaml).models }}
+{{- $shape := (.resources | default dict).gpu_shape }}
+{{- if and $shape (gt (int ($shape.nodes | default 1)) 1) }}
+{{- fail (printf "model %s needs %v nodes of %v GPUs (gpu_shape): use mode rayservice" .id $shape.nodes $shape.gpus_per_node) }}
+{{- end }}
+{{- $total = add $total (include "paddock.modelGpus" . | int) }}
+{{- end }}
+{{- $total }}
+{{- end }}
+
+{{/* Standalone pod resources: .Values.resources, with nvidia.com/gpu from the models unless set there. */}}
+{{- define "paddock.standaloneResources" -}}
+{{- $resources := deepCopy .Values.resources }}
+{{- $gpus := include "paddock.standaloneGpus" . | int }}
+{{- if gt $gpus 0 }}
+{{- range $kind := list "requests" "limits" }}
+{{- $section := get $resources $kind | default dict }}
+{{- if not (hasKey $section "nvidia.com/gpu") }}
+{{- $_ := set $section "nvidia.com/gpu" $gpus }}
+{{- end }}
+{{- $_ := set $resources $kind $section }}
+{{- end }}
+{{- end }}
+{{- toYaml $resources }}
+{{- end }}
+
+{{/*
+RayService worker groups ({groups: [...]}): rayService.workerGroups, then with
+rayService.modelWorkerGroups.enabled one group per model with a gpu_shape: pods of gpus_per_node GPUs,
+gpu_shape.nodes pods per replica, sized for the model's autoscaling range.
+*/}}
+{{- define "paddock.workerGroups" -}}
+{{- $groups := list }}
+{{- range .Values.rayService.workerGroups }}
+{{- $groups = append $groups . }}
+{{- end }}
+{{- $spec := .Values.rayService.modelWorkerGroups }}
+{{- if $spec.enabled }}
+{{- range (include "paddock.models" . | fromYaml).models }}
+{{- $shape := (.resources | default dict).gpu_shape }}
+{{- if $shape }}
+{{- $groups = append $groups (include "paddock.modelWorkerGroup" (dict "model" . "spec" $spec) | fromYaml) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- toYaml (dict "groups" $groups) }}
+{{- end }}
+
+{{/* One model's worker group (dict model, spec). */}}
+{{- define "paddock.modelWorkerGroup" -}}
+{{- $shape := .model.resources.gpu_shape }}
+{{- $nodes := int ($shape.nodes | default 1) }}
+{{- $gpus := int $shape.gpus_per_node }}
+{{- $scaling := .model.autoscaling | default dict }}
+{{- $min := int (hasKey $scaling "min_replicas" | ternary $scaling.min_replicas 1) }}
+{{- $max := int ($scaling.max_replicas | default 1) }}
+{{- $initial := int (hasKey $scaling "initial_replicas" | ternary $scaling.initial_replicas $min) }}
+{{- $memory := printf "%dGi" (mul $gpus (int .spec.memoryPerGpuGi)) }}
+{{- $resources := dict "requests" (dict "cpu" (toString (mul $gpus (int .spec.cpuPerGpu))) "memory" $memory "nvidia.com/gpu" $gpus) "limits" (dict "memory" $memory "nvidia.com/gpu" $gpus) }}
+groupName: {{ printf "gpu-%s" (.model.id | lower | replace "." "-" | replace "/" "-" | replace "_" "-" | replace ":" "-") | trunc 63 | trimSuffix "-" }}
+replicas: {{ mul $nodes $initial }}
+minReplicas: {{ mul $nodes $min }}
+maxReplicas: {{ mul $nodes (max $max 1) }}
+rayStartParams: {{ .spec.rayStartParams | default dict | toYaml | nindent 2 }}
+resources: {{ toYaml $resources | nindent 2 }}
+nodeSelector: {{ .spec.nodeSelector | default dict | toYaml | nindent 2 }}
+tolerations: {{ .spec.tolerations | default list | toYaml | nindent 2 }}
+affinity: {{ .spec.affinity | default dict | toYaml | nindent 2 }}
 {{- end }}
 
 {{/*

@@ -21,20 +21,24 @@ def engine_args(model: ModelConfig, path: Path, otlp_traces_endpoint: str | None
     unknown = sorted(set(model.engine_args) - known)
     if unknown:
         raise EngineArgsError(f"models[{model.id}].engine_args: unknown vLLM engine argument(s): {', '.join(unknown)}")
-    tp = model.resources.tensor_parallel_size
+    resources = model.resources
     args: dict[str, Any] = {
         "model": str(path),
         "served_model_name": list(model.names),
         "dtype": model.dtype,
         "trust_remote_code": model.trust_remote_code,
         "max_model_len": model.max_model_len,
-        "tensor_parallel_size": tp,
+        "quantization": model.quantization,
+        "tokenizer_mode": model.tokenizer_mode,
+        "tensor_parallel_size": resources.tensor_parallel_size,
+        "pipeline_parallel_size": resources.pipeline_parallel_size,
+        "enable_expert_parallel": resources.enable_expert_parallel,
         "runner": "pooling" if model.task == "embed" else "generate",
         "enforce_eager": True,
         "disable_log_stats": False,
     }
-    if tp > 1:
-        args["distributed_executor_backend"] = "ray"
+    if resources.gpu_workers > 1:
+        args["distributed_executor_backend"] = "ray"  # the workers are the replica's placement-group bundles
     if model.kv_cache_memory is not None:
         args["kv_cache_memory_bytes"] = int(model.kv_cache_memory)
     elif model.task == "embed":
