@@ -1,4 +1,4 @@
-"""Paddock's public ingress: one OpenAI base URL for every model.
+"""Paddock's public ingress: one OpenAI (and Anthropic) base URL for every model.
 
 It routes: reads the request body once, resolves its ``model`` field (ids and
 aliases) and forwards it to a replica of that model over one HTTP hop
@@ -8,12 +8,18 @@ failure leaves in OpenAI's shape (``asgi.answer_errors``). Governance owns
 each governed request from admission to settlement (``service.governance.
 lifecycle``); this module only hands it the request and relays. It knows
 nothing of Ray or vLLM.
+
+It is the one place that words errors by dialect: on a route of Anthropic's
+dialect (``/v1/messages``) every error, refusal and in-band stream error is
+turned into Anthropic's shape (``errors.in_dialect``), and the key may come as
+``x-api-key``. Everything below it speaks OpenAI's errors.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -31,7 +37,7 @@ from service.api.asgi import (
     send_bytes,
     send_json,
 )
-from service.api.context import RequestContext
+from service.api.context import Exchange, RequestContext
 from service.api.forward import Directory, Forwarder
 from service.api.upstream import MAX_PROMPT_TOKENS_HEADER, RelayState, Upstream, end_early, forwarded_headers
 from service.config.schema import ModelConfig, ServiceConfig
@@ -44,8 +50,9 @@ from service.observability.metrics import ServiceMetrics
 from service.observability.requests import CLIENT_CLOSED, RequestMetrics, observe_tap
 from service.observability.tracing import Tracing, end_request_span, request_attributes
 from service.protocol import errors
-from service.protocol.routes import ROUTES
+from service.protocol.routes import ROUTES, Dialect
 
+log = logging.getLogger(__name__)
 RAY_PROXY_HEALTH = "/-/healthz"
 _GET_ROUTES = ("/health", "/ready", RAY_PROXY_HEALTH, "/v1/models")
 
@@ -91,7 +98,10 @@ class IngressApp:
         if scope["path"] in ROUTES:
             await self._api(scope, receive, send, rid, response_headers)
         else:
-            await answer_errors(self._dispatch(scope, send, rid, response_headers), send, response_headers)
+            work = self._dispatch(scope, send, rid, response_headers)
+            if scope["path"].startswith("/v1/messages/"):  # an Anthropic route Paddock does not serve
+                work = _in_dialect(work, "anthropic")
+            await answer_errors(work, send, response_headers)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -187,9 +197,14 @@ class IngressApp:
             obs.span = self._tracing.server_span(route.genai_operation, parent, attributes)
             obs.trace_id = format(obs.span.get_span_context().trace_id, "032x")
         ctx = RequestContext(scope, receive, self._observe.watch(obs, send), rid, headers, obs=obs)
+        if route.dialect == "anthropic":
+            headers.append(("request-id", rid))  # where Anthropic's SDKs read it
         current = CURRENT.set(obs)  # log lines and audit records of this request carry its ids
         try:
-            await answer_errors(self._proxy(ctx), ctx.send, headers)
+            work = self._proxy(ctx)
+            if route.dialect != "openai":
+                work = _in_dialect(work, route.dialect, lambda: obs.status != 0)
+            await answer_errors(work, ctx.send, headers)
         finally:
             CURRENT.reset(current)
             self._observe.finish(obs)
@@ -236,7 +251,7 @@ class IngressApp:
             request, model = self._parse(ctx, body, self._names.get)
             return body, model, None
         async with self._governor.intake(ctx.request_id, ctx.path, ctx.client) as intake:
-            principal = await intake.authenticate(ctx.header(b"authorization"))
+            principal = await intake.authenticate(credential(ctx))
             ctx.obs.tenant = principal.tenant.id
             body = await read_body(ctx.receive, int(self._config.ingress.max_body_bytes))
             request, model = self._parse(ctx, body, intake.resolve)
@@ -270,16 +285,17 @@ class IngressApp:
         return request, model
 
     async def _ungoverned(self, ctx: RequestContext, model: ModelConfig, body: bytes) -> None:
+        dialect = ROUTES[ctx.path].dialect
         if ctx.obs.span is None:
-            await self._forwarder.forward(ctx, model, body, ctx.headers, RelayState())
+            await self._forwarder.forward(ctx, model, body, ctx.headers, RelayState(dialect=dialect))
             return
         tap = UsageTap(False, finish_reasons=True)  # traced: read usage and finish reasons off the response
-        await self._forwarder.forward(ctx, model, body, ctx.headers, RelayState(hooks=(tap,)))
+        await self._forwarder.forward(ctx, model, body, ctx.headers, RelayState(hooks=(tap,), dialect=dialect))
         observe_tap(ctx.obs, tap)
 
     async def _governed(self, ctx: RequestContext, ticket: Ticket) -> None:
         """Relay an admitted request under its ticket: a kill or its time limit ends it, and it is settled."""
-        state = RelayState(hooks=ticket.hooks)
+        state = RelayState(hooks=ticket.hooks, dialect=ROUTES[ctx.path].dialect)
         failed = 0
         try:
             shaped = ticket.shaped
@@ -301,3 +317,27 @@ class IngressApp:
                 ctx.obs.usage = (usage.prompt_tokens, usage.completion_tokens)
             if ticket.tap is not None:
                 ctx.obs.finish_reasons = ticket.tap.finish_reasons
+
+
+def credential(ctx: Exchange) -> str | None:
+    """The request's key as an ``Authorization`` value: Anthropic's clients send it as ``x-api-key``."""
+    if ROUTES[ctx.path].dialect == "anthropic" and (key := (ctx.header(b"x-api-key") or "").strip()):
+        return f"Bearer {key}"
+    return ctx.header(b"authorization")
+
+
+async def _in_dialect(
+    work: Coroutine[Any, Any, None], dialect: Dialect, started: Callable[[], bool] = lambda: False
+) -> None:
+    """Run ``work``; a failure before the response started leaves worded as ``dialect`` answers it."""
+    try:
+        await work
+    except errors.APIError as error:
+        raise errors.in_dialect(error, dialect) from None
+    except errors.Disconnected:
+        raise
+    except Exception:
+        if started():
+            raise  # answer_errors logs it; nothing more can be said to the client
+        log.exception("unhandled error while serving a request")
+        raise errors.in_dialect(errors.internal(), dialect) from None

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import aiohttp
 
 from service.api.asgi import Receive, Scope, Send, encode_headers, header, until_disconnect
-from service.protocol.errors import APIError, internal, normalise_error_body
+from service.protocol.errors import APIError, in_dialect, internal, normalise_error_body
+from service.protocol.routes import Dialect
 from service.protocol.streams import StreamHook
 
 INTERNAL_TOKEN_HEADER = "x-paddock-internal-token"
@@ -98,6 +99,7 @@ class RelayState:
     started: bool = False
     sse: bool = False
     ended: bool = False
+    dialect: Dialect = "openai"  # how an error that ends the stream in band is worded
 
 
 def _through(hooks: tuple[StreamHook, ...], chunk: bytes) -> bytes:
@@ -131,7 +133,8 @@ async def _relay_body(response: aiohttp.ClientResponse, send: Send, state: Relay
     except (TimeoutError, aiohttp.ClientError):
         if state.sse:  # the 200 is gone: end the stream in band, as OpenAI clients expect
             error = internal("The model replica failed while streaming; the response is incomplete.")
-            await send({"type": "http.response.body", "body": error.sse_event(), "more_body": True})
+            event = in_dialect(error, state.dialect).sse_event()
+            await send({"type": "http.response.body", "body": event, "more_body": True})
     state.ended = True
     await send({"type": "http.response.body", "body": b""})
 
@@ -145,7 +148,8 @@ async def end_early(send: Send, state: RelayState, error: APIError) -> None:
         return
     state.ended = True
     if state.sse:
-        await send({"type": "http.response.body", "body": error.sse_event(), "more_body": True})
+        event = in_dialect(error, state.dialect).sse_event()
+        await send({"type": "http.response.body", "body": event, "more_body": True})
     await send({"type": "http.response.body", "body": b""})
 
 

@@ -153,7 +153,8 @@ class Governor:
         if principal is None:
             reason: Reason = "missing_api_key" if presented is None else "invalid_api_key"
             message = (
-                "You didn't provide an API key. Send it as `Authorization: Bearer pk-…`."
+                "You didn't provide an API key. Send it as `Authorization: Bearer pk-…`"
+                " (or as `x-api-key: pk-…` on Anthropic's routes)."
                 if presented is None
                 else "Incorrect API key provided."
             )

@@ -20,7 +20,7 @@ from typing import Any
 
 from service.governance.policy import REASONING_EFFORTS, Parameters
 from service.governance.refusal import Refusal
-from service.protocol.routes import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, ROUTES, Route
+from service.protocol.routes import CHAT, COMPLETIONS, COUNT_TOKENS, EMBEDDINGS, MESSAGES, RESPONSES, ROUTES, Route
 
 # Responses fields that pull in prompt text stored server-side, of unknown size (the first two are refused).
 _STORED_CONTEXT = ("previous_response_id", "conversation", "prompt")
@@ -252,6 +252,8 @@ def _apply_system_prompt(route: str, shaped: dict[str, Any], prompt: str | None)
             shaped["messages"] = [{"role": "system", "content": prompt}, *messages]
     elif not prompt:
         return
+    elif route in (MESSAGES, COUNT_TOKENS):
+        shaped["system"] = _prefixed_system(shaped.get("system"), prompt)
     elif route == COMPLETIONS:
         shaped["prompt"] = _prefixed_prompt(shaped.get("prompt"), prompt + "\n\n")
     elif route == RESPONSES:
@@ -259,6 +261,17 @@ def _apply_system_prompt(route: str, shaped: dict[str, Any], prompt: str | None)
         if instructions is not None and not isinstance(instructions, str):
             raise _invalid("instructions", "instructions must be a string.")
         shaped["instructions"] = f"{prompt}\n\n{instructions}" if instructions else prompt
+
+
+def _prefixed_system(system: Any, prompt: str) -> str | list[Any]:
+    """An Anthropic ``system`` (a string or text blocks) with the key's mandatory prompt first."""
+    if not system:
+        return prompt
+    if isinstance(system, str):
+        return f"{prompt}\n\n{system}"
+    if isinstance(system, list):
+        return [{"type": "text", "text": prompt}, *system]
+    raise _invalid("system", "system must be a string or a list of content blocks.")
 
 
 def _prefixed_prompt(value: Any, prefix: str) -> str | list[str]:

@@ -4,6 +4,15 @@ Non-streamed bodies carry ``usage``; streams carry it in their last event
 (Paddock asks the replica for it on every stream, and drops that event again
 when the client did not ask for it). Events are passed on whole, as they
 arrive; only a partial event at the end of a network chunk waits for its rest.
+
+Anthropic's Messages API words it differently, and the tap reads both: usage
+``input_tokens`` (plus ``cache_read_input_tokens`` and
+``cache_creation_input_tokens``, which Anthropic counts apart) and
+``output_tokens``, in the body, in ``message_start`` (``message.usage``) and in
+``message_delta`` (the final output count; its input count, if left out, is
+``message_start``'s). Anthropic's streams have no usage-only event, so nothing
+of theirs is dropped. A ``count_tokens`` answer (``{"input_tokens": n}``, no
+``usage``) generated nothing: it is read as no tokens used.
 """
 
 from __future__ import annotations
@@ -16,21 +25,39 @@ from service.governance.store.base import Usage
 
 _MAX_JSON_BODY = 64 * 1024 * 1024
 _FINISH_REASON = re.compile(rb'"finish_reason":"([A-Za-z_]{1,32})"')
+_CACHED_INPUT = ("cache_read_input_tokens", "cache_creation_input_tokens")  # Anthropic: not in input_tokens
 
 
-def _usage(data: Any) -> Usage | None:
+def _usage(data: Any, previous: Usage | None = None) -> Usage | None:
+    """The usage a body or event reports (``previous``: what the stream reported before, for a partial one)."""
     if not isinstance(data, dict):
         return None
     usage = data.get("usage")
-    if usage is None and isinstance(data.get("response"), dict):  # Responses API events
-        usage = data["response"].get("usage")
+    if usage is None:
+        for holder in ("response", "message"):  # Responses API events; Anthropic's message_start
+            if isinstance(data.get(holder), dict):
+                usage = data[holder].get("usage")
+                break
+        else:
+            if isinstance(data.get("input_tokens"), int):  # Anthropic's count_tokens: nothing generated
+                return Usage(0, 0)
     if not isinstance(usage, dict):
         return None
-    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
-    completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
+    if "prompt_tokens" in usage:
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens", 0)
+    else:
+        prompt, completion = _anthropic_input(usage, previous), usage.get("output_tokens", 0)
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
     return Usage(prompt, completion)
+
+
+def _anthropic_input(usage: dict[str, Any], previous: Usage | None) -> int | None:
+    """Input tokens in Anthropic's terms: uncached plus cached; a ``message_delta`` may leave them out."""
+    given = usage.get("input_tokens")
+    if not isinstance(given, int):
+        return previous.prompt_tokens if previous is not None and "output_tokens" in usage else None
+    return given + sum(n for name in _CACHED_INPUT if isinstance(n := usage.get(name), int))
 
 
 def _text(data: Any) -> str:
@@ -42,6 +69,8 @@ def _text(data: Any) -> str:
         return delta
     if isinstance(output, str):
         return output
+    if isinstance(delta, dict) or isinstance(data.get("content"), list):  # Anthropic's stream delta / message
+        return _anthropic_text(data)
     parts = []
     for choice in data.get("choices") or ():
         if isinstance(choice, dict):
@@ -49,6 +78,15 @@ def _text(data: Any) -> str:
             text = message.get("content") if isinstance(message, dict) else None
             parts.append(text if isinstance(text, str) else choice.get("text") or "")
     return "".join(p for p in parts if isinstance(p, str))
+
+
+def _anthropic_text(data: dict[str, Any]) -> str:
+    delta = data.get("delta")
+    if isinstance(delta, dict):
+        text = delta.get("text")
+        return text if isinstance(text, str) else ""
+    blocks = [b for b in data.get("content") or () if isinstance(b, dict) and b.get("type") == "text"]
+    return "".join(t for b in blocks if isinstance(t := b.get("text"), str))
 
 
 class UsageTap:
@@ -91,12 +129,14 @@ class UsageTap:
         for event in complete.split(b"\n\n")[:-1]:
             if self._keep_text or b'"usage"' in event:
                 data = _event_data(event)
-                usage = _usage(data)
+                usage = _usage(data, self.usage)
                 if self._keep_text:
                     self.text.append(_text(data))
                 if usage is not None:
                     self.usage = usage
-                    if self._drop and isinstance(data, dict) and not data.get("choices"):
+                    if self._finish:
+                        self._stop_reason(data)
+                    if self._drop and isinstance(data, dict) and data.get("choices") == []:
                         continue  # the usage-only chunk the client did not ask for
             kept.append(event + b"\n\n")
         return b"".join(kept)
@@ -111,12 +151,20 @@ class UsageTap:
             self.usage = _usage(data)
             if self._finish and isinstance(data, dict):
                 reasons = [c.get("finish_reason") for c in data.get("choices") or () if isinstance(c, dict)]
+                reasons.append(data.get("stop_reason"))  # Anthropic's message
                 self.finish_reasons.extend(r for r in reasons if isinstance(r, str))
             if self._keep_text:
                 self.text.append(_text(data))
             return b""
         rest, self._pending = self._pending, b""
         return rest
+
+    def _stop_reason(self, data: dict[str, Any]) -> None:
+        """Anthropic's stop reason, in the ``message_delta`` that also carries the final usage."""
+        delta = data.get("delta")
+        reason = delta.get("stop_reason") if data.get("type") == "message_delta" and isinstance(delta, dict) else None
+        if isinstance(reason, str):
+            self.finish_reasons.append(reason)
 
     def completion(self) -> str:
         return "".join(self.text)

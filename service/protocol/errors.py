@@ -5,12 +5,19 @@ serving infrastructure or a stream that fails after its 200 — is an
 :class:`APIError` (governance's ``Refusal`` is one too) and leaves as the body
 ``{"error": {"message", "type", "param", "code"}}`` with ``application/json``.
 Any layer may raise these; only the HTTP layer (``service.api.asgi``) writes them.
+
+A route of the Anthropic dialect answers the same errors in Anthropic's shape
+instead: the ingress turns each one with :func:`in_dialect` into an
+:class:`AnthropicAPIError` (``{"type": "error", "error": {"type", "message"}}``,
+Anthropic's statuses, and ``event: error`` in a stream).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+
+from service.protocol.routes import Dialect
 
 JSON_CONTENT_TYPE = b"application/json"
 
@@ -135,4 +142,42 @@ def normalise_error_body(status: int, body: bytes) -> APIError:
         type=str(error.get("type") or fallback.type),
         code=error.get("code") if isinstance(error.get("code"), str) else fallback.code,
         param=error.get("param") if isinstance(error.get("param"), str) else None,
+    )
+
+
+# Anthropic's error type per HTTP status (docs.anthropic.com/en/api/errors); other statuses are
+# ``invalid_request_error`` below 500 and ``api_error`` from 500.
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+# Statuses Anthropic does not use, as the one it answers the same condition with.
+_ANTHROPIC_STATUS = {502: 500, 503: 529}
+
+
+class AnthropicAPIError(APIError):
+    """An :class:`APIError` as Anthropic's API words it (body, statuses and the in-band stream event)."""
+
+    def payload(self) -> dict[str, object]:
+        return {"type": "error", "error": {"type": self.type, "message": self.message}}
+
+    def sse_event(self) -> bytes:
+        return b"event: error\ndata: " + self.body() + b"\n\n"
+
+
+def in_dialect(error: APIError, dialect: Dialect) -> APIError:
+    """``error`` as a route of ``dialect`` answers it (OpenAI's errors are every layer's own)."""
+    if dialect == "openai" or isinstance(error, AnthropicAPIError):
+        return error
+    status = _ANTHROPIC_STATUS.get(error.status, error.status)
+    kind = _ANTHROPIC_TYPES.get(status) or ("invalid_request_error" if status < 500 else "api_error")
+    return AnthropicAPIError(
+        status, error.message, type=kind, code=error.code, param=error.param, headers=dict(error.headers)
     )

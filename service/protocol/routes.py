@@ -11,14 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Operation = Literal["chat", "completions", "responses", "embeddings"]
+Operation = Literal["chat", "completions", "responses", "embeddings", "messages", "count_tokens"]
 Task = Literal["generate", "embed"]
-Dialect = Literal["openai"]
+Dialect = Literal["openai", "anthropic"]  # whose error bodies and stream events a route answers with
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 RESPONSES = "/v1/responses"
 EMBEDDINGS = "/v1/embeddings"
+MESSAGES = "/v1/messages"  # Anthropic's Messages API
+COUNT_TOKENS = "/v1/messages/count_tokens"
 
 
 def _words(text: str) -> frozenset[str]:
@@ -33,7 +35,7 @@ class Route:
     operation: Operation  # the engine's name for it, also the metrics' ``route`` label
     task: Task  # the model task it needs
     genai_operation: str  # ``gen_ai.operation.name`` (OpenTelemetry GenAI conventions)
-    fields: frozenset[str]  # OpenAI's documented request fields
+    fields: frozenset[str]  # the API's documented request fields (OpenAI's, or Anthropic's)
     output_fields: tuple[str, ...] = ()  # bound output per choice; the first is set to the cap when none is given
     choice_fields: tuple[str, ...] = ()  # how many sequences per prompt (``n``, ``best_of``)
     batched_field: str | None = None  # the field holding a list of prompts, on routes that take one
@@ -99,8 +101,31 @@ ROUTES: dict[str, Route] = {
             prompt_fields=("input",),
             streams=False,
         ),
+        Route(
+            MESSAGES,
+            "messages",
+            "generate",
+            "chat",
+            _words(
+                "model messages max_tokens cache_control metadata output_config service_tier stop_sequences stream"
+                " system temperature thinking tool_choice tools top_k top_p"
+            ),
+            output_fields=("max_tokens",),
+            prompt_fields=("system", "messages", "tools"),
+            dialect="anthropic",
+        ),
+        Route(
+            COUNT_TOKENS,
+            "count_tokens",
+            "generate",
+            "count_tokens",
+            _words("model messages cache_control output_config system thinking tool_choice tools"),
+            prompt_fields=("system", "messages", "tools"),
+            streams=False,
+            dialect="anthropic",
+        ),
     )
 }
 
-# OpenAI's documented request fields, per route path.
-FIELDS: dict[str, frozenset[str]] = {path: route.fields for path, route in ROUTES.items()}
+# OpenAI's documented request fields, per route path (the OpenAI-dialect routes).
+FIELDS: dict[str, frozenset[str]] = {path: route.fields for path, route in ROUTES.items() if route.dialect == "openai"}

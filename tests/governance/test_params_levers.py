@@ -90,3 +90,21 @@ def test_chat_web_search_needs_the_web_search_switch() -> None:
     body = {**CHAT_BODY, "web_search_options": {}}
     assert refused(CHAT, body).param == "web_search_options"
     assert shaped(CHAT, body, builtin_tools=["web_search"])["web_search_options"] == {}
+
+
+@pytest.mark.parametrize(
+    ("system", "sent"),
+    [
+        (None, "Be Acme."),
+        ("Be brief.", "Be Acme.\n\nBe brief."),
+        (
+            [{"type": "text", "text": "Be brief."}],
+            [{"type": "text", "text": "Be Acme."}, {"type": "text", "text": "Be brief."}],
+        ),
+    ],
+)
+def test_the_mandatory_system_prompt_reaches_anthropic_messages(system: Any, sent: Any) -> None:
+    from service.protocol.routes import MESSAGES
+
+    body = {"model": "m", "max_tokens": 5, "messages": USER_HI, **({"system": system} if system else {})}
+    assert shaped(MESSAGES, body, system_prompt="Be Acme.")["system"] == sent

@@ -39,6 +39,8 @@ from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 from service.config.schema import ModelConfig
 from service.engine.base import CallContext, EngineDead, JSONResult, Result, StreamResult
 from service.engine.engine_spans import wrap_do_tracing
+from service.engine.vllm_engine.anthropic import REQUEST_MODELS as ANTHROPIC_REQUEST_MODELS
+from service.engine.vllm_engine.anthropic import anthropic_handlers
 from service.engine.vllm_engine.args import engine_args
 from service.engine.vllm_engine.guard import ContextGuard, max_prompt_tokens, requested_max_tokens, trace_headers
 from service.engine.vllm_engine.results import (
@@ -57,6 +59,7 @@ REQUEST_MODELS: dict[Operation, pydantic.TypeAdapter[Any]] = {
     "completions": pydantic.TypeAdapter(CompletionRequest),
     "responses": pydantic.TypeAdapter(ResponsesRequest),
     "embeddings": pydantic.TypeAdapter(EmbeddingRequest),  # a union of request shapes
+    **ANTHROPIC_REQUEST_MODELS,  # messages, count_tokens
 }
 
 
@@ -128,6 +131,7 @@ class VLLMEngine:
             "chat": chat.create_chat_completion,
             "completions": completion.create_completion,
             "responses": responses.create_responses,
+            **anthropic_handlers(client, models, renderer, options),  # messages, count_tokens
         }
 
     async def call(self, operation: Operation, body: dict[str, object], ctx: CallContext) -> Result:
