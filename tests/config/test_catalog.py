@@ -130,13 +130,15 @@ def test_schema_names_are_vllm_names() -> None:
     assert set(typing.get_args(TokenizerMode)) <= set(typing.get_args(VllmTokenizerMode))
 
 
-def test_engine_args_of_every_entry() -> None:
+def test_engine_args_of_every_entry(tmp_path: Path) -> None:
     """Every entry maps to vLLM engine arguments vLLM accepts (parallelism, quantization, tokenizer)."""
     from service.engine.vllm_engine.args import engine_args
 
     for path in ENTRIES:
         model = the_model(path)
-        args = engine_args(model, Path("/models") / model.id)
+        weights = tmp_path / model.id  # a local directory: vLLM would otherwise look the path up on the Hub
+        weights.mkdir()
+        args = engine_args(model, weights)
         resources = model.resources
         assert args.tensor_parallel_size == resources.tensor_parallel_size
         assert args.pipeline_parallel_size == resources.pipeline_parallel_size
