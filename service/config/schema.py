@@ -42,6 +42,7 @@ RESERVED_ENGINE_ARGS = frozenset(
         "convert",
         "task",
         "distributed_executor_backend",
+        "reasoning_parser",
         "quantization",
         "tokenizer_mode",
         "enable_expert_parallel",
@@ -233,6 +234,11 @@ class ModelConfig(StrictModel):
     chat_template: str | None = None
     tool_call_parser: str | None = None
     reasoning_parser: str | None = None
+    reasoning_field: Literal["reasoning_content", "reasoning"] = Field(
+        default="reasoning_content",
+        description="The chat message and delta field that carries the parsed reasoning: `reasoning_content` "
+        "(DeepSeek's API, what most clients read) or `reasoning` (vLLM 0.32's own name).",
+    )
     engine_args: dict[str, Any] = Field(default_factory=dict)
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
     resources: Resources = Field(default_factory=Resources)

@@ -47,3 +47,35 @@ def test_a_vllm_param_is_kept_and_other_errors_are_unchanged() -> None:
     error = to_api_error(vllm_error("Grammar error: x", param="structured_outputs"), {"response_format": {}})
     assert error.param == "structured_outputs"
     assert to_api_error(vllm_error("boom", code=500), {"response_format": {}}).status == 500
+
+
+def test_reasoning_is_renamed_only_where_it_is_a_key() -> None:
+    """Inside string values (content, tool arguments) the key's quotes are escaped: left alone."""
+    from service.engine.vllm_engine.results import reasoning_as_content_field
+
+    chunk = (
+        b'data: {"choices":[{"delta":{"reasoning":"think \\"reasoning\\": no"},'
+        b'"tool_calls":[{"function":{"arguments":"{\\"reasoning\\":1}"}}]}]}\n\n'
+    )
+    renamed = reasoning_as_content_field(chunk)
+    assert renamed.count(b'"reasoning_content":') == 1
+    assert renamed.replace(b'"reasoning_content":', b'"reasoning":') == chunk
+
+
+def test_a_vllm_client_error_is_a_400_naming_its_parameter() -> None:
+    """vLLM's own validators raise VLLMValidationError (not a pydantic error): a 400, never a 500."""
+    from vllm.exceptions import VLLMValidationError
+
+    from service.engine.vllm_engine.results import client_error
+
+    try:
+        try:
+            raise ValueError("Token string resolution requires tokenizer_info")
+        except ValueError as cause:
+            raise VLLMValidationError("Invalid structural tag.", parameter="structured_outputs") from cause
+    except VLLMValidationError as error:
+        mapped = client_error(error, {})
+    assert (mapped.status, mapped.param) == (400, "structured_outputs")
+    assert "Invalid structural tag." in mapped.message and "tokenizer_info" in mapped.message
+    unnamed = client_error(VLLMValidationError("Invalid grammar specification."), {"structured_outputs": {}})
+    assert unnamed.param == "structured_outputs"

@@ -34,6 +34,9 @@ def engine_args(model: ModelConfig, path: Path, otlp_traces_endpoint: str | None
         "pipeline_parallel_size": resources.pipeline_parallel_size,
         "enable_expert_parallel": resources.enable_expert_parallel,
         "runner": "pooling" if model.task == "embed" else "generate",
+        # As `vllm serve --reasoning-parser` does: structured outputs then constrain the answer after the
+        # reasoning, not the reasoning itself (unless structured_outputs_config.enable_in_reasoning).
+        "reasoning_parser": model.reasoning_parser or "",
         "enforce_eager": True,
         "disable_log_stats": False,
     }
@@ -45,5 +48,20 @@ def engine_args(model: ModelConfig, path: Path, otlp_traces_endpoint: str | None
         args["kv_cache_memory_bytes"] = 64 * 1024 * 1024
     if otlp_traces_endpoint:
         args["otlp_traces_endpoint"] = otlp_traces_endpoint
-    args.update(model.engine_args)
+    args.update({key: _typed(key, value) for key, value in model.engine_args.items()})
     return AsyncEngineArgs(**args)
+
+
+def _typed(key: str, value: Any) -> Any:
+    """A mapping given for a dataclass-typed argument (e.g. ``structured_outputs_config``) as that dataclass."""
+    kind = _FIELD_TYPES.get(key)
+    if not isinstance(value, dict) or not (isinstance(kind, type) and dataclasses.is_dataclass(kind)):
+        return value
+    known = {f.name for f in dataclasses.fields(kind)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise EngineArgsError(f"engine_args.{key}: unknown field(s): {', '.join(unknown)}")
+    return kind(**value)
+
+
+_FIELD_TYPES: dict[str, Any] = {f.name: f.type for f in dataclasses.fields(AsyncEngineArgs)}

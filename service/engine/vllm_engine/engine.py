@@ -29,6 +29,7 @@ from vllm.entrypoints.pooling.embed.protocol import EmbeddingRequest
 from vllm.entrypoints.pooling.embed.serving import ServingEmbedding
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+from vllm.exceptions import VLLMClientError
 from vllm.renderers.chat_utils import ChatTemplateConfig, load_chat_template
 from vllm.renderers.online_renderer import OnlineRenderer
 from vllm.usage.usage_lib import UsageContext
@@ -45,7 +46,10 @@ from service.engine.vllm_engine.args import engine_args
 from service.engine.vllm_engine.guard import ContextGuard, max_prompt_tokens, requested_max_tokens, trace_headers
 from service.engine.vllm_engine.results import (
     check_roles,
+    client_error,
     in_band_errors,
+    reasoning_as_content_field,
+    reasoning_as_content_fields,
     requested_tokens,
     to_api_error,
     validation_error,
@@ -79,6 +83,7 @@ class VLLMEngine:
         self._engine: AsyncLLM | None = None
         self._handlers: dict[Operation, Any] = {}
         self.warmup_s: dict[str, float] = {}  # seconds per warmed path
+        self._renames_reasoning = model.reasoning_parser is not None and model.reasoning_field == "reasoning_content"
 
     async def start(self) -> None:
         # vLLM's Responses store keeps every response in this process, shared by all tenants: it stays off
@@ -144,6 +149,8 @@ class VLLMEngine:
             request = REQUEST_MODELS[operation].validate_python(body)
         except pydantic.ValidationError as error:
             raise validation_error(error) from None
+        except VLLMClientError as error:  # raised by vLLM's own validators, e.g. a structural tag
+            raise client_error(error, body) from None
         token = requested_max_tokens.set(requested_tokens(request))
         cap = max_prompt_tokens.set(ctx.max_prompt_tokens)
         traced = trace_headers.set(ctx.headers or None)
@@ -160,13 +167,16 @@ class VLLMEngine:
     def _result(self, result: Any, operation: Operation, request: dict[str, object]) -> Result:
         if isinstance(result, ErrorResponse):
             raise to_api_error(result, request)
+        rename = operation == "chat" and self._renames_reasoning
         if isinstance(result, pydantic.BaseModel):
-            return JSONResult(200, result.model_dump_json(by_alias=operation == "responses").encode())
+            raw = result.model_dump_json(by_alias=operation == "responses").encode()
+            return JSONResult(200, reasoning_as_content_field(raw) if rename else raw)
         body = getattr(result, "body", None)
         if isinstance(body, bytes):  # a starlette JSONResponse (the embedding server)
             return JSONResult(int(getattr(result, "status_code", 200)), body)
         source = _convert_stream_to_sse_events(result) if operation == "responses" else result
-        return StreamResult(in_band_errors(source))
+        events = in_band_errors(source)
+        return StreamResult(reasoning_as_content_fields(events) if rename else events)
 
     def status(self) -> dict[str, object]:
         if self._engine is None:

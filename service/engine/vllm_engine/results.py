@@ -72,6 +72,18 @@ def validation_error(error: pydantic.ValidationError) -> errors.APIError:
     return errors.invalid_request(f"Invalid request: {param}: {first['msg']}", param=param)
 
 
+def client_error(error: Exception, body: dict[str, object]) -> errors.APIError:
+    """A vLLM client error (a 4xx by vLLM's own classification) raised while validating a request."""
+    message = str(error.args[0]) if error.args else type(error).__name__
+    cause = error.__cause__
+    if cause is not None and str(cause):
+        message = f"{message} {str(cause).strip()}"
+    param = getattr(error, "parameter", None)
+    if param is None and any(word in message.lower() for word in ("grammar", "structural tag", "schema")):
+        param = structured_output_field(body)
+    return errors.invalid_request(config_terms(message), param=param)
+
+
 _GRAMMAR_FAILURES = ("Grammar error", "structured output", "JSON schema", "json_schema", "xgrammar", "guidance")
 
 
@@ -135,3 +147,18 @@ async def in_band_errors(source: AsyncIterator[Any]) -> AsyncIterator[bytes]:
         if not done:
             failure = errors.internal(f"The stream failed: {type(error).__name__}.")
             yield failure.sse_event()
+
+
+# vLLM 0.32 names the parsed reasoning `reasoning`. As a JSON key it can only appear unescaped as a
+# key: inside a string value (content, tool arguments, logprob tokens) its quotes are escaped.
+_REASONING_KEY, _REASONING_CONTENT_KEY = b'"reasoning":', b'"reasoning_content":'
+
+
+def reasoning_as_content_field(body: bytes) -> bytes:
+    """A chat completion (or chunk) with ``reasoning`` renamed ``reasoning_content``."""
+    return body.replace(_REASONING_KEY, _REASONING_CONTENT_KEY)
+
+
+async def reasoning_as_content_fields(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async for chunk in events:
+        yield chunk.replace(_REASONING_KEY, _REASONING_CONTENT_KEY)

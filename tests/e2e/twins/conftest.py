@@ -53,9 +53,25 @@ def write_governance(path: Path) -> dict[str, str]:
     return {"acme": key}
 
 
+# The parser tests force the whole output, reasoning included, with a grammar: vLLM constrains only the
+# answer after the reasoning unless structured outputs are enabled in the reasoning too. (gpt-oss
+# needs neither: vLLM wraps its grammars in harmony's channels itself.)
+FORCE_IN_REASONING: dict[str, dict[str, object]] = {
+    "deepseek-v3": {"enable_in_reasoning": True},
+    "qwen3-moe": {"enable_in_reasoning": True},
+}
+
+
+def twin_entry(family: str, path: Path) -> dict[str, object]:
+    entry = twins.model_entry(twins.TWINS[family], path, cpus=0.25)
+    if family in FORCE_IN_REASONING:
+        entry["engine_args"] = {**entry.get("engine_args", {}), "structured_outputs_config": FORCE_IN_REASONING[family]}
+    return entry
+
+
 def write_config(path: Path, paths: dict[str, Path], port: int, admin_port: int, metrics_port: int) -> None:
     config = {
-        "models": [twins.model_entry(twins.TWINS[family], paths[family], cpus=0.25) for family in SERVED],
+        "models": [twin_entry(family, paths[family]) for family in SERVED],
         "ingress": {"port": port, "cpus": 0.25},
         "admin": {"port": admin_port},
         "metrics": {"port": metrics_port},

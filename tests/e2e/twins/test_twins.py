@@ -39,28 +39,8 @@ def families(subset: list[str] | None = None, known: dict[str, str] | None = Non
     ]
 
 
-# Known vLLM 0.32 behaviour, seen through the whole stack (strict: a fix turns them into failures).
-QWEN3_NO_SPLIT = (
-    "qwen3 parser: with the non-thinking prompt (the only way the grammar holds from the first token, "
-    "enable_in_reasoning not settable via engine_args) the forced '<think>abcdefgh</think>ijklmnop' is all content"
-)
-DEEPSEEK_STREAM_NO_SPLIT = (
-    "deepseek_r1 streamed after a prompt ending in </think>: reasoning '' and the whole "
-    "'<think>abcdefgh</think>ijklmnop' as content, while the non-streamed answer splits it"
-)
-DEEPSEEK_STREAM_NO_TOOLS = (
-    "deepseek_v3 tool parser streamed (after deepseek_r1 reasoning): no tool_calls deltas, "
-    "while the non-streamed answer parses the call"
-)
-
-
 def model(family: str) -> str:
     return twins.TWINS[family].model_id
-
-
-def reasoning_of(message: Any) -> str | None:
-    extra = message.model_extra or {}
-    return extra.get("reasoning") or extra.get("reasoning_content")
 
 
 def collect_stream(stack: Stack, body: dict[str, Any]) -> tuple[str, str, list[dict[str, Any]], list[str]]:
@@ -82,7 +62,7 @@ def collect_stream(stack: Stack, body: dict[str, Any]) -> tuple[str, str, list[d
             assert "error" not in event, event
             for choice in event.get("choices", []):
                 delta = choice.get("delta") or {}
-                reasoning += delta.get("reasoning") or delta.get("reasoning_content") or ""
+                reasoning += delta.get("reasoning_content") or ""
                 content += delta.get("content") or ""
                 tool_deltas.extend(delta.get("tool_calls") or [])
     return reasoning, content, tool_deltas, lines
@@ -154,14 +134,14 @@ def test_garbage_never_breaks_a_stream(twin_stack: Stack, family: str, seed: int
 
 # --------------------------------------------------------------------------- forced reasoning
 
-# Each family's reasoning syntax, forced. The grammar must hold from the first token: vLLM
-# only constrains after reasoning ends unless the prompt already ended it, so the request
-# asks the chat template for its non-thinking prompt (ending in </think>).
-REASONING = {
-    "qwen3-moe": {"enable_thinking": False},
-    "deepseek-v3": {"thinking": False},
-}
+# Each family's reasoning syntax, forced from the first token (the stack enables structured outputs in
+# the reasoning): the thinking prompts, as a user gets them by default. DeepSeek's prompt already
+# opens <think>; Qwen3's model opens it. (gpt-oss: test_gpt_oss_responses.py.)
 THOUGHT, ANSWER = "abcdefgh", "ijklmnop"
+REASONING: dict[str, dict[str, str]] = {
+    "qwen3-moe": {"regex": f"<think>{THOUGHT}</think>{ANSWER}"},
+    "deepseek-v3": {"regex": f"{THOUGHT}</think>{ANSWER}"},
+}
 
 
 def reasoning_body(family: str) -> dict[str, Any]:
@@ -170,29 +150,48 @@ def reasoning_body(family: str) -> dict[str, Any]:
         "messages": HELLO,
         "max_tokens": 40,
         "temperature": 0,
-        "chat_template_kwargs": REASONING[family],
-        "structured_outputs": {"regex": f"<think>{THOUGHT}</think>{ANSWER}"},
+        "structured_outputs": REASONING[family],
     }
 
 
-@pytest.mark.parametrize("family", families(list(REASONING), {"qwen3-moe": QWEN3_NO_SPLIT}))
+@pytest.mark.parametrize("family", families(list(REASONING)))
 def test_forced_reasoning_is_split(twin_stack: Stack, family: str) -> None:
-    body = reasoning_body(family)
-    extra = {k: v for k, v in body.items() if k not in ("model", "messages", "max_tokens", "temperature")}
-    response = twin_stack.client().chat.completions.create(
-        model=body["model"], messages=body["messages"], max_tokens=40, temperature=0, extra_body=extra
-    )
-    message = response.choices[0].message
-    assert (reasoning_of(message), message.content) == (THOUGHT, ANSWER)
+    """The reasoning parser splits exactly; the field is ``reasoning_content``."""
+    with twin_stack.http(timeout=120) as http:
+        response = http.post("/v1/chat/completions", json=reasoning_body(family))
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    message = answer["choices"][0]["message"]
+    assert (message.get("reasoning_content"), message["content"]) == (THOUGHT, ANSWER)
+    assert "reasoning" not in message
 
 
-@pytest.mark.parametrize(
-    "family", families(list(REASONING), {"qwen3-moe": QWEN3_NO_SPLIT, "deepseek-v3": DEEPSEEK_STREAM_NO_SPLIT})
-)
+# vLLM 0.32's deepseek_r1 parser counts only tokens after a <think> in the output; DeepSeek-R1's
+# prompt (and the twin's) already opens <think>, so the model never writes one.
+DEEPSEEK_UNCOUNTED = "deepseek_r1 count_reasoning_tokens: 0 when <think> is in the prompt, not the output"
+
+
+@pytest.mark.parametrize("family", families(list(REASONING), {"deepseek-v3": DEEPSEEK_UNCOUNTED}))
+def test_reasoning_tokens_are_in_usage(twin_stack: Stack, family: str) -> None:
+    with twin_stack.http(timeout=120) as http:
+        usage = http.post("/v1/chat/completions", json=reasoning_body(family)).json()["usage"]
+    reasoning_tokens = usage["completion_tokens_details"]["reasoning_tokens"]
+    assert 1 <= reasoning_tokens < usage["completion_tokens"]
+
+
+# Streamed, vLLM's parsers look for the marker's token id; the grammar spells the substitute tokenizer's
+# added </think> and DeepSeek's tool markers in text pieces, which only the non-streamed parsers (text
+# search) find. A real model writes the marker token itself.
+SPELLED_MARKERS = "streamed: the whole forced text arrives as reasoning (the grammar spells </think> in pieces)"
+SPELLED_TOOL_MARKERS = "deepseek_v3 streamed: no tool_calls deltas (the grammar spells the tool markers in pieces)"
+
+
+@pytest.mark.parametrize("family", families(list(REASONING), dict.fromkeys(REASONING, SPELLED_MARKERS)))
 def test_forced_reasoning_is_split_streamed(twin_stack: Stack, family: str) -> None:
     reasoning, content, _, lines = collect_stream(twin_stack, reasoning_body(family))
     assert lines[-1] == "[DONE]"
     assert (reasoning.strip(), content.strip()) == (THOUGHT, ANSWER)
+    assert not any('"reasoning":' in line for line in lines), "vLLM's own field name leaked"
 
 
 # --------------------------------------------------------------------------- forced tool calls
@@ -204,8 +203,8 @@ TOOL_CALLS = {
         r'<tool_call>\n\{"name": "get_weather", "arguments": \{"city": "paris"\}\}\n</tool_call>',
     ),
     "deepseek-v3": (
-        {"thinking": False},
-        "<think>ok</think><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n"
+        {},
+        "ok</think><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n"
         r'```json\n\{"city": "paris"\}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>',
     ),
     "llama4": ({}, r'\[get_weather\(city="paris"\)\]'),
@@ -239,7 +238,7 @@ def test_forced_tool_call_is_parsed(twin_stack: Stack, family: str) -> None:
     assert choice["finish_reason"] == "tool_calls"
 
 
-@pytest.mark.parametrize("family", families(list(TOOL_CALLS), {"deepseek-v3": DEEPSEEK_STREAM_NO_TOOLS}))
+@pytest.mark.parametrize("family", families(list(TOOL_CALLS), {"deepseek-v3": SPELLED_TOOL_MARKERS}))
 def test_forced_tool_call_is_parsed_streamed(twin_stack: Stack, family: str) -> None:
     _, _, deltas, lines = collect_stream(twin_stack, tool_body(family))
     assert lines[-1] == "[DONE]"
