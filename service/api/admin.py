@@ -3,7 +3,8 @@
 Every route but ``/health`` needs the admin token (never a
 tenant key). Kills go to the shared state store, so every ingress on every
 node applies them within a second, and they survive restarts and reloads.
-Every change is an audit record with its before and after.
+Every change is an audit record with its before and after, and so is every
+request refused for its token (action ``login_failed``).
 """
 
 from __future__ import annotations
@@ -21,17 +22,17 @@ from service.api.asgi import (
     Scope,
     Send,
     answer_errors,
-    header,
-    json_object,
     read_body,
     request_id,
     send_bytes,
     send_json,
+    sole_header,
 )
 from service.governance.governor import Governor
 from service.governance.keys import bearer
 from service.governance.store.base import Store
 from service.protocol import errors
+from service.protocol.body import json_object
 
 SCOPE_KINDS = ("all", "model", "tenant", "key")
 
@@ -57,8 +58,13 @@ class AdminApp:
         if path == "/health":
             await send_json(send, 200, {"status": "ok"}, headers)
             return
-        given = (bearer(header(scope, b"authorization")) or "").encode()
+        try:
+            given = (bearer(sole_header(scope, b"authorization")) or "").encode()
+        except errors.APIError:  # two Authorization headers: refused (400), and on the record like a wrong token
+            self._login_failed(scope, "duplicate_header")
+            raise
         if not self._token or not hmac.compare_digest(given, self._token):
+            self._login_failed(scope, "invalid_admin_token")
             raise errors.APIError(401, "A valid admin token is required.", code="invalid_admin_token")
         routes = {
             ("GET", "/admin/v1/kills"): self._kills,
@@ -76,8 +82,8 @@ class AdminApp:
         state = await self._store.kills()
         await send_json(send, 200, {"version": state.version, "disabled": state.scopes}, headers)
 
-    async def _target(self, receive: Receive) -> tuple[str, str]:
-        body = json_object(await read_body(receive, 64 * 1024))
+    async def _target(self, scope: Scope, receive: Receive) -> tuple[str, str]:
+        body = json_object(await read_body(scope, receive, 64 * 1024))
         kind, target = body.get("scope"), body.get("id")
         if kind not in SCOPE_KINDS:
             raise errors.invalid_request(f"scope must be one of {', '.join(SCOPE_KINDS)}", param="scope")
@@ -95,7 +101,7 @@ class AdminApp:
         return f"{kind}:{target}", str(body.get("reason") or "")
 
     async def _disable(self, scope: Scope, receive: Receive, send: Send, headers: list[tuple[str, str]]) -> None:
-        target, reason = await self._target(receive)
+        target, reason = await self._target(scope, receive)
         before = (await self._store.kills()).scopes.get(target)
         state = await self._store.kill(target, reason, "admin")
         await self._governor.refresh_kills()  # this process at once; the others within their poll
@@ -103,7 +109,7 @@ class AdminApp:
         await send_json(send, 200, {"disabled": target, "version": state.version}, headers)
 
     async def _enable(self, scope: Scope, receive: Receive, send: Send, headers: list[tuple[str, str]]) -> None:
-        target, _ = await self._target(receive)
+        target, _ = await self._target(scope, receive)
         before = (await self._store.kills()).scopes.get(target)
         state = await self._store.revive(target, "admin")
         await self._governor.refresh_kills()
@@ -114,6 +120,14 @@ class AdminApp:
         client = (scope.get("client") or ("unknown", 0))[0]
         self._governor.trail.admin(
             actor="admin-token", action=action, target=target, before=before, after=after, client=client
+        )
+
+    def _login_failed(self, scope: Scope, reason: str) -> None:
+        """A request refused for its token: who tried (the peer address; the admin port trusts no proxy) and what."""
+        client = (scope.get("client") or ("unknown", 0))[0]
+        target = errors.bounded(f"{scope['method']} {scope['path']}", 256)
+        self._governor.trail.admin(
+            actor="unauthenticated", action="login_failed", target=target, before=None, after=reason, client=client
         )
 
     async def _keys(self, scope: Scope, receive: Receive, send: Send, headers: list[tuple[str, str]]) -> None:

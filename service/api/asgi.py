@@ -19,8 +19,8 @@ from service.protocol.errors import (
     JSON_CONTENT_TYPE,
     APIError,
     Disconnected,
+    duplicate_header,
     internal,
-    invalid_request,
     payload_too_large,
 )
 
@@ -44,6 +44,20 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def sole_header(scope: Scope, name: bytes) -> str | None:
+    """The value of a header that may come at most once (a credential): a second one is a 400.
+
+    Two ``Authorization`` headers leave it to each hop which one counts; Paddock believes neither.
+    """
+    found: str | None = None
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            if found is not None:
+                raise duplicate_header(name.decode("latin-1"))
+            found = value.decode("latin-1")
+    return found
+
+
 def request_id(scope: Scope) -> str:
     """The client's ``x-request-id`` if it is sane, else a new one."""
     given = header(scope, REQUEST_ID_HEADER.encode())
@@ -52,8 +66,22 @@ def request_id(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
-async def read_body(receive: Receive, limit: int) -> bytes:
-    """Read the whole request body, refusing more than ``limit`` bytes (413)."""
+def declared_length(scope: Scope) -> int | None:
+    """The request's ``Content-Length`` (the HTTP parser has already refused a malformed one)."""
+    value = header(scope, b"content-length")
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """Read the whole request body, refusing more than ``limit`` bytes (413).
+
+    A declared ``Content-Length`` over the limit is refused before a byte of the body is read, so a client
+    cannot hold the connection by announcing a body it never sends (the front door closes the connection
+    after the answer; a body that stalls under the limit is the front door's 408, ``service.serve.door``).
+    """
+    declared = declared_length(scope)
+    if declared is not None and declared > limit:
+        raise payload_too_large(limit)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -67,17 +95,6 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-def json_object(raw: bytes) -> dict[str, Any]:
-    """A request body that must be one JSON object (400 otherwise)."""
-    try:
-        body = json.loads(raw)
-    except ValueError as error:
-        raise invalid_request(f"The request body is not valid JSON: {error}") from None
-    if not isinstance(body, dict):
-        raise invalid_request("The request body must be a JSON object.")
-    return body
 
 
 def encode_headers(pairs: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:

@@ -3,8 +3,12 @@
 A replica that cannot be reached before it answered is reported to the
 directory and another one is tried (up to three); a model with no replica
 ready is woken (scale from zero) within the ingress's wake timeout. From the
-moment the request is sent until its answer is relayed, the client leaving —
-or the request's ``stop`` future (a governance kill) completing — ends it.
+moment forwarding starts until the answer is relayed — while a model wakes,
+while the replica works on a non-streamed answer, while a stream is relayed —
+the client leaving, or the request's ``stop`` future (a governance kill)
+completing, ends it: the upstream request is cancelled (its connection closed,
+so the replica aborts the engine request) and the request's owner releases
+what it holds. One task watches the client for the whole of it (``_Watch``).
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ import random
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from service.api.asgi import until_disconnect
+from service.api.asgi import Receive, until_disconnect, wait_disconnect
 from service.api.context import Exchange
 from service.api.upstream import Endpoint, RelayState, Upstream, UpstreamUnreachable, read_error, relay
 from service.config.schema import ModelConfig
 from service.protocol import errors
+from service.protocol.errors import Disconnected
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,39 @@ def pick(endpoints: Sequence[Endpoint]) -> Endpoint:
     return first if first.inflight <= second.inflight else second
 
 
+class _Watch:
+    """One future, ``ended``, that completes when the request must end early: with what ``stop`` holds (a kill's
+    refusal) or with :class:`Disconnected` when the client leaves. The work of each stage is awaited with
+    ``until_disconnect(work, None, ended)``: one watcher task for the whole forward, not one per stage."""
+
+    __slots__ = ("ended", "_task", "_stop")
+
+    def __init__(self, receive: Receive, stop: asyncio.Future[BaseException] | None) -> None:
+        loop = asyncio.get_running_loop()
+        self.ended: asyncio.Future[BaseException] = loop.create_future()
+        self._stop = stop
+        self._task = loop.create_task(self._client(receive))
+        if stop is not None:
+            stop.add_done_callback(self._stopped)
+
+    async def _client(self, receive: Receive) -> None:
+        try:
+            await wait_disconnect(receive)
+        except Exception:  # noqa: BLE001 - a broken receive is a client gone
+            log.debug("receive failed while watching for a disconnect", exc_info=True)
+        if not self.ended.done():
+            self.ended.set_result(Disconnected())
+
+    def _stopped(self, stop: asyncio.Future[BaseException]) -> None:
+        if not self.ended.done() and not stop.cancelled():
+            self.ended.set_result(stop.result())
+
+    def close(self) -> None:
+        self._task.cancel()
+        if self._stop is not None:
+            self._stop.remove_done_callback(self._stopped)
+
+
 class Forwarder:
     """Sends requests to model replicas and relays their answers."""
 
@@ -53,16 +91,14 @@ class Forwarder:
         self.upstream = upstream
         self._wake_timeout_s = wake_timeout_s
 
-    async def _endpoints(
-        self, model: ModelConfig, ctx: Exchange, stop: asyncio.Future[BaseException] | None
-    ) -> Sequence[Endpoint]:
+    async def _endpoints(self, model: ModelConfig, ended: asyncio.Future[BaseException]) -> Sequence[Endpoint]:
         endpoints = self.directory.endpoints(model.id)
         if endpoints:
             return endpoints
         timeout = self._wake_timeout_s
         try:
             wake = asyncio.wait_for(self.directory.wake(model.id, timeout), timeout)
-            endpoints = await until_disconnect(wake, ctx.receive, stop)
+            endpoints = await until_disconnect(wake, None, ended)
         except TimeoutError:
             endpoints = ()
         if not endpoints:
@@ -78,23 +114,45 @@ class Forwarder:
         state: RelayState,
         stop: asyncio.Future[BaseException] | None = None,
     ) -> None:
-        """Forward ``ctx``'s request to a replica of ``model`` and relay its answer (errors as ``APIError``)."""
+        """Forward ``ctx``'s request to a replica of ``model`` and relay its answer (errors as ``APIError``).
+
+        ``state.sent`` tells the request's owner whether a replica had the request (for what to charge).
+        """
+        watch = _Watch(ctx.receive, stop)
+        try:
+            await self._attempts(ctx, model, body, headers, state, watch.ended)
+        finally:
+            watch.close()
+
+    async def _attempts(
+        self,
+        ctx: Exchange,
+        model: ModelConfig,
+        body: bytes,
+        headers: Iterable[tuple[str, str]],
+        state: RelayState,
+        ended: asyncio.Future[BaseException],
+    ) -> None:
         tried: set[str] = set()
         for _ in range(3):
-            candidates = [e for e in await self._endpoints(model, ctx, stop) if e.replica_id not in tried]
+            candidates = [e for e in await self._endpoints(model, ended) if e.replica_id not in tried]
             if not candidates:
                 break
             endpoint = pick(candidates)
             endpoint.inflight += 1
+            state.sent = True
             try:
-                sent = self.upstream.open(endpoint, ctx.path, body, ctx.forwarded)
-                # a kill also ends the wait for the response head (the client leaving is seen by the relay)
-                response = await sent if stop is None else await until_disconnect(sent, None, stop)
+                # the client leaving or a kill also ends the wait for the response head (a non-streamed answer)
+                response = await until_disconnect(
+                    self.upstream.open(endpoint, ctx.path, body, ctx.forwarded), None, ended
+                )
                 if response.status >= 400:
+                    state.sent = response.status != 503  # 503: the replica refused it unprocessed (at capacity)
                     raise await read_error(response)
-                await relay(response, ctx.receive, ctx.send, headers, state, stop)
+                await relay(response, None, ctx.send, headers, state, ended)
                 return
             except UpstreamUnreachable as error:
+                state.sent = False
                 log.warning("replica %s of %s unreachable: %s", endpoint.replica_id, model.id, error)
                 tried.add(endpoint.replica_id)
                 self.directory.report_unreachable(model.id, endpoint)

@@ -31,15 +31,22 @@ from service.api.asgi import (
     Send,
     answer_errors,
     header,
-    json_object,
     read_body,
     request_id,
     send_bytes,
     send_json,
+    sole_header,
 )
-from service.api.context import Exchange, RequestContext
+from service.api.context import RequestContext
 from service.api.forward import Directory, Forwarder
-from service.api.upstream import MAX_PROMPT_TOKENS_HEADER, RelayState, Upstream, end_early, forwarded_headers
+from service.api.upstream import (
+    MAX_PROMPT_TOKENS_HEADER,
+    SPECIAL_TOKENS_HEADER,
+    RelayState,
+    Upstream,
+    end_early,
+    forwarded_headers,
+)
 from service.config.schema import ModelConfig, ServiceConfig
 from service.governance.governor import Governor
 from service.governance.keys import Principal
@@ -50,6 +57,7 @@ from service.observability.metrics import ServiceMetrics
 from service.observability.requests import CLIENT_CLOSED, RequestMetrics, observe_tap
 from service.observability.tracing import Tracing, end_request_span, request_attributes
 from service.protocol import errors
+from service.protocol.body import json_object
 from service.protocol.routes import ROUTES, Dialect
 
 log = logging.getLogger(__name__)
@@ -66,7 +74,7 @@ class IngressApp:
         directory: Directory,
         upstream: Upstream,
         governor: Governor | None = None,
-        trusted_proxies: Sequence[str] = (),
+        trusted_proxies: Sequence[str | ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
         metrics: ServiceMetrics | None = None,
         tracing: Tracing | None = None,
     ) -> None:
@@ -76,7 +84,7 @@ class IngressApp:
         self._upstream = upstream
         self._forwarder = Forwarder(directory, upstream, config.ingress.request_timeout_s)
         self._governor = governor
-        self._trusted = [ipaddress.ip_network(net, strict=False) for net in trusted_proxies]
+        self._trusted = [ipaddress.ip_network(net, strict=False) for net in trusted_proxies]  # PADDOCK_TRUSTED_PROXIES
         self._created = int(time.time())
         self._observe = RequestMetrics(metrics or ServiceMetrics(), governed=governor is not None)
         self._tracing = tracing
@@ -119,13 +127,17 @@ class IngressApp:
         path, method = scope["path"], scope["method"]
         if path not in _GET_ROUTES and not path.startswith("/v1/models/"):
             raise errors.route_not_found(path)
-        if method not in ("GET", "HEAD"):
-            raise errors.method_not_allowed(method, path)
-        principal = None
-        if path.startswith("/v1/") and self._governor is not None:
-            async with self._governor.intake(rid, path, self.client_address(scope)) as intake:
-                principal = await intake.authenticate(header(scope, b"authorization"))
-        await self._get(path, send, headers, principal)
+        readable = method in ("GET", "HEAD")
+        if self._governor is None or (readable and not path.startswith("/v1/")):  # the probes: no key, no record
+            if not readable:
+                raise errors.method_not_allowed(method, path)
+            await self._get(path, send, headers, None)
+            return
+        async with self._governor.intake(rid, path, self.client_address(scope)) as intake:  # refusals on the record
+            if not readable:
+                raise errors.method_not_allowed(method, path)
+            principal = await intake.authenticate(credential(scope, "openai"))
+            await self._get(path, send, headers, principal)
 
     async def _get(self, path: str, send: Send, headers: list[tuple[str, str]], principal: Principal | None) -> None:
         allowed = self._governor.allowed(principal) if self._governor and principal else None
@@ -166,19 +178,29 @@ class IngressApp:
         }
 
     def client_address(self, scope: Scope) -> str:
-        """The real client: ``X-Forwarded-For`` is believed only from trusted proxies."""
+        """The real client: the peer, unless it is a trusted proxy (``PADDOCK_TRUSTED_PROXIES``).
+
+        ``X-Forwarded-For`` (every such header, in order) is read from the right: each hop added by a trusted
+        proxy is believed, up to the first address that is not a trusted proxy, which is the client. A hop that
+        is not an IP address ends the walk: the client is then the last trusted proxy that forwarded it, never
+        the text it claims.
+        """
         peer = (scope.get("client") or ("unknown", 0))[0]
-        forwarded = header(scope, b"x-forwarded-for")
-        if not forwarded or not self._trusted:
-            return peer
-        for hop in [peer, *reversed([h.strip() for h in forwarded.split(",")])]:
-            try:
-                address = ipaddress.ip_address(hop)
-            except ValueError:
-                return hop[:64]
-            if not any(address in net for net in self._trusted):
-                return hop
-        return peer
+        client = _address(peer)
+        if client is None or not self._trusted or not self._is_trusted(client):
+            return str(client) if client is not None else peer
+        hops = [v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"x-forwarded-for"]
+        for hop in reversed(",".join(hops).split(",") if hops else []):
+            address = _address(hop)
+            if address is None:
+                break  # malformed (or empty): believe nothing further left
+            client = address
+            if not self._is_trusted(address):
+                break
+        return str(client)
+
+    def _is_trusted(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return any(address in net for net in self._trusted)
 
     # -- the API routes -------------------------------------------------------
 
@@ -212,23 +234,24 @@ class IngressApp:
                 end_request_span(obs)
 
     async def _proxy(self, ctx: RequestContext) -> None:
-        if ctx.method != "POST":
-            raise errors.method_not_allowed(ctx.method, ctx.path)
-        if self.draining:
-            raise errors.unavailable("Paddock is shutting down; retry on another instance.")
         obs = ctx.obs
         ctx.client = self.client_address(ctx.scope)
-        span = self._tracing.child("governance", obs.span) if self._tracing and obs.span and self._governor else None
-        try:
-            body, model, ticket = await self._decide(ctx)
-        finally:
-            if span is not None:
-                span.set_attributes({"paddock.tenant": obs.tenant, "paddock.decision": obs.decision})
-                span.end()
-        if ticket is not None:
-            await self._governed(ctx, ticket)  # from here on, the ticket is closed whatever happens
-        else:
+        if self._governor is None:
+            body, model, _ = await self._decide(ctx, None)
             await self._counted(ctx, self._ungoverned(ctx, model, body))
+            return
+        # The intake stays open until the request has ended: anything that fails after admission and before
+        # _governed closed the ticket is closed by the intake's exit (lifecycle.Intake), so no path keeps a lease.
+        async with self._governor.intake(ctx.request_id, ctx.path, ctx.client) as intake:
+            span = self._tracing.child("governance", obs.span) if self._tracing and obs.span else None
+            try:
+                _, _, ticket = await self._decide(ctx, intake)
+            finally:
+                if span is not None:
+                    span.set_attributes({"paddock.tenant": obs.tenant, "paddock.decision": obs.decision})
+                    span.end()
+            assert ticket is not None
+            await self._governed(ctx, ticket)  # from here on, the ticket is closed whatever happens
 
     async def _counted(self, ctx: RequestContext, work: Coroutine[Any, Any, None]) -> None:
         """Forward: the request id and trace context go with it, and it counts as in flight meanwhile."""
@@ -244,18 +267,26 @@ class IngressApp:
             self._inflight -= 1
             inflight.dec()
 
-    async def _decide(self, ctx: RequestContext) -> tuple[bytes, ModelConfig, Ticket | None]:
-        """The request to forward: its body, model and (when governed) its admission ticket."""
-        if self._governor is None:
-            body = await read_body(ctx.receive, int(self._config.ingress.max_body_bytes))
+    def _door(self, ctx: RequestContext) -> None:
+        """What refuses a request before its key is looked at (inside the intake, so it is on the record)."""
+        if ctx.method != "POST":
+            raise errors.method_not_allowed(ctx.method, ctx.path)
+        if self.draining:
+            raise errors.unavailable("Paddock is shutting down; retry on another instance.")
+
+    async def _decide(self, ctx: RequestContext, intake: Intake | None) -> tuple[bytes, ModelConfig, Ticket | None]:
+        """The request to forward: its body, model and (when governed, inside its ``intake``) its ticket."""
+        limit = int(self._config.ingress.max_body_bytes)
+        self._door(ctx)
+        if intake is None:
+            body = await read_body(ctx.scope, ctx.receive, limit)
             request, model = self._parse(ctx, body, self._names.get)
             return body, model, None
-        async with self._governor.intake(ctx.request_id, ctx.path, ctx.client) as intake:
-            principal = await intake.authenticate(credential(ctx))
-            ctx.obs.tenant = principal.tenant.id
-            body = await read_body(ctx.receive, int(self._config.ingress.max_body_bytes))
-            request, model = self._parse(ctx, body, intake.resolve)
-            ticket = await self._admit(ctx, intake, model, request)
+        principal = await intake.authenticate(credential(ctx.scope, ROUTES[ctx.path].dialect))
+        ctx.obs.tenant = principal.tenant.id
+        body = await read_body(ctx.scope, ctx.receive, limit)
+        request, model = self._parse(ctx, body, intake.resolve)
+        ticket = await self._admit(ctx, intake, model, request)
         return body, model, ticket
 
     async def _admit(self, ctx: RequestContext, intake: Intake, model: ModelConfig, request: dict[str, Any]) -> Ticket:
@@ -301,6 +332,8 @@ class IngressApp:
             shaped = ticket.shaped
             if shaped.max_prompt_tokens is not None:
                 ctx.forwarded[MAX_PROMPT_TOKENS_HEADER] = str(shaped.max_prompt_tokens)
+            if shaped.special_tokens:
+                ctx.forwarded[SPECIAL_TOKENS_HEADER] = "allow"
             body = json.dumps(shaped.body).encode()
             headers = [*ctx.headers, *ticket.headers.items()]
             work = self._forwarder.forward(ctx, ticket.model, body, headers, state, ticket.stop)
@@ -312,18 +345,36 @@ class IngressApp:
             failed = 500  # answered by answer_errors, as a bug
             raise
         finally:
-            usage = await ticket.close(state.status or failed or CLIENT_CLOSED, state.started)
+            status = state.status or failed or CLIENT_CLOSED
+            usage = await ticket.close(status, state.started, reached_engine=state.sent)
             if usage is not None:
                 ctx.obs.usage = (usage.prompt_tokens, usage.completion_tokens)
             if ticket.tap is not None:
                 ctx.obs.finish_reasons = ticket.tap.finish_reasons
 
 
-def credential(ctx: Exchange) -> str | None:
-    """The request's key as an ``Authorization`` value: Anthropic's clients send it as ``x-api-key``."""
-    if ROUTES[ctx.path].dialect == "anthropic" and (key := (ctx.header(b"x-api-key") or "").strip()):
+def credential(scope: Scope, dialect: Dialect) -> str | None:
+    """The request's key as an ``Authorization`` value: Anthropic's clients send it as ``x-api-key``.
+
+    A credential header sent twice (``Authorization`` or ``x-api-key``, on any route) is a 400: which of the
+    two a proxy or a library would read is anyone's guess, so Paddock believes neither.
+    """
+    authorization = sole_header(scope, b"authorization")
+    api_key = sole_header(scope, b"x-api-key")
+    if dialect == "anthropic" and (key := (api_key or "").strip()):
         return f"Bearer {key}"
-    return ctx.header(b"authorization")
+    return authorization
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``text`` as an IP address (an IPv4-mapped IPv6 address as its IPv4 one), ``None`` if it is not one."""
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 async def _in_dialect(

@@ -20,7 +20,6 @@ from service.api.asgi import (
     Send,
     answer_errors,
     encode_headers,
-    json_object,
     read_body,
     request_id,
     send_bytes,
@@ -28,10 +27,16 @@ from service.api.asgi import (
     until_disconnect,
 )
 from service.api.context import Exchange
-from service.api.upstream import INTERNAL_TOKEN_HEADER, MAX_PROMPT_TOKENS_HEADER, forwarded_headers
+from service.api.upstream import (
+    INTERNAL_TOKEN_HEADER,
+    MAX_PROMPT_TOKENS_HEADER,
+    SPECIAL_TOKENS_HEADER,
+    forwarded_headers,
+)
 from service.engine.base import CallContext, Engine, EngineDead, JSONResult, StreamResult
 from service.observability.tracing import Tracing, finish_span
 from service.protocol import errors
+from service.protocol.body import json_object
 from service.protocol.routes import ROUTES, Operation
 
 log = logging.getLogger(__name__)
@@ -115,10 +120,11 @@ class ReplicaApp:
             finish_span(span, status or 499, {})
 
     async def _call(self, operation: Operation, ctx: Exchange) -> None:
-        body = json_object(await read_body(ctx.receive, self._max_body_bytes))
+        body = json_object(await read_body(ctx.scope, ctx.receive, self._max_body_bytes))
         cap = ctx.header(MAX_PROMPT_TOKENS_HEADER.encode())
         limit = int(cap) if cap and cap.isdigit() else None
-        call = CallContext(request_id=ctx.request_id, headers=ctx.forwarded, max_prompt_tokens=limit)
+        special = ctx.header(SPECIAL_TOKENS_HEADER.encode()) == "allow"
+        call = CallContext(ctx.request_id, ctx.forwarded, max_prompt_tokens=limit, special_tokens=special)
         result = await until_disconnect(self._engine.call(operation, body, call), ctx.receive)
         if isinstance(result, JSONResult):
             await send_bytes(ctx.send, result.status, result.body, headers=ctx.headers)

@@ -4,6 +4,11 @@ One HTTP hop on loopback or the pod network, with pooled keep-alive
 connections; streamed bodies are relayed chunk by chunk as they arrive, with
 no Ray RPC per token. A client that disconnects closes the upstream
 connection, which makes the replica abort its engine request.
+
+A replica that sends nothing for ``read_timeout_s`` (``ingress.upstream_read_timeout_s``:
+no response head yet, or a pause inside a body) is given up on: before the
+head that is a 504, never retried on another replica (the first one may be
+working on it); inside a stream the stream ends in band.
 """
 
 from __future__ import annotations
@@ -15,16 +20,19 @@ from dataclasses import dataclass
 import aiohttp
 
 from service.api.asgi import Receive, Scope, Send, encode_headers, header, until_disconnect
-from service.protocol.errors import APIError, in_dialect, internal, normalise_error_body
+from service.config.schema import IngressConfig
+from service.protocol.errors import APIError, in_dialect, internal, normalise_error_body, timeout
 from service.protocol.routes import Dialect
 from service.protocol.streams import StreamHook
 
 INTERNAL_TOKEN_HEADER = "x-paddock-internal-token"
 # Set by the ingress from governance policy; the replica enforces it with the real tokenizer.
 MAX_PROMPT_TOKENS_HEADER = "x-paddock-max-prompt-tokens"
+SPECIAL_TOKENS_HEADER = "x-paddock-special-tokens"  # "allow": the tenant's policy opts out of escaping them
 # Request headers worth carrying to the replica (trace context, request id).
 FORWARDED_HEADERS = (b"traceparent", b"tracestate", b"baggage")
 _ERROR_BODY_LIMIT = 64 * 1024
+DEFAULT_READ_TIMEOUT_S: float = IngressConfig.model_fields["upstream_read_timeout_s"].default
 
 
 def forwarded_headers(scope: Scope) -> dict[str, str]:
@@ -48,9 +56,12 @@ class UpstreamUnreachable(Exception):
 class Upstream:
     """A pooled HTTP client to replicas (one per ingress process)."""
 
-    def __init__(self, token: str, connect_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, token: str, connect_timeout_s: float = 5.0, read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
+    ) -> None:
         self._token = token
-        self._connect_timeout_s = connect_timeout_s
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s)
+        self.read_timeout_s = read_timeout_s
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
@@ -66,15 +77,19 @@ class Upstream:
             await self._session.close()
 
     async def open(self, endpoint: Endpoint, path: str, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
-        """Send the request; raise :class:`UpstreamUnreachable` if nothing came back."""
+        """Send the request; raise :class:`UpstreamUnreachable` if nothing came back, a 504 if the replica took
+        the request but sent no response head within the read timeout."""
         sent = {
             **headers,
             "content-type": "application/json",
             INTERNAL_TOKEN_HEADER: self._token,
         }
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout_s)
         try:
-            return await self._client().post(endpoint.url + path, data=body, headers=sent, timeout=timeout)
+            return await self._client().post(endpoint.url + path, data=body, headers=sent, timeout=self._timeout)
+        except aiohttp.SocketTimeoutError:  # sent, and nothing back in time: the replica may be working on it
+            raise timeout(
+                f"The model replica sent no response within {self.read_timeout_s:g} s; the request was abandoned."
+            ) from None
         except (TimeoutError, aiohttp.ClientConnectionError) as error:
             raise UpstreamUnreachable(str(error) or type(error).__name__) from error
 
@@ -97,6 +112,7 @@ class RelayState:
     hooks: tuple[StreamHook, ...] = ()  # see every chunk on its way out, in order (usage tap, guardrails)
     status: int = 0
     started: bool = False
+    sent: bool = False  # a replica has the request (it may be using the engine), and did not refuse it unprocessed
     sse: bool = False
     ended: bool = False
     dialect: Dialect = "openai"  # how an error that ends the stream in band is worded
@@ -155,14 +171,14 @@ async def end_early(send: Send, state: RelayState, error: APIError) -> None:
 
 async def relay(
     response: aiohttp.ClientResponse,
-    receive: Receive,
+    receive: Receive | None,
     send: Send,
     headers: Iterable[tuple[str, str]],
     state: RelayState | None = None,
     stop: asyncio.Future[BaseException] | None = None,
 ) -> None:
     """Relay a successful upstream response (raises ``Disconnected`` if the client left, or what ``stop``
-    holds if it completes first)."""
+    holds if it completes first; ``receive=None``: ``stop`` alone is watched, the caller watching the client)."""
     state = state or RelayState()
     content_type = response.headers.get("content-type", "application/json")
     state.sse = content_type.startswith("text/event-stream")

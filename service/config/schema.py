@@ -287,6 +287,12 @@ class IngressConfig(StrictModel):
     cpus: float = Field(default=0.5, ge=0)
     max_body_bytes: ByteSize = Field(default=ByteSize(8 * 1024 * 1024), gt=0)
     request_timeout_s: float = Field(default=600.0, gt=0)
+    upstream_read_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Longest a model replica may send nothing: no response head yet (a non-streamed answer "
+        "arrives whole) or a pause inside a stream. Then the ingress gives up: 504, or an in-band stream error.",
+    )
     drain_timeout_s: float = Field(default=30.0, ge=0)
     max_replicas_per_node: int | None = Field(
         default=None, ge=1, description="At most this many ingress replicas per Ray node (1 on a cluster)."

@@ -8,16 +8,52 @@ nothing reads the environment at import time.
 
 from __future__ import annotations
 
+import ipaddress
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _network(value: object) -> object:
+    """``10.0.0.0/8``, ``10.1.2.3`` (one host) or ``10.1.2.3/8`` (host bits allowed) as a network."""
+    if isinstance(value, str):
+        try:
+            return ipaddress.ip_network(value.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"not an IP network: {value[:64]!r}") from None
+    return value
+
+
+Network = Annotated[IPNetwork, BeforeValidator(_network)]
 
 
 def default_cache_dir() -> Path:
     """The git-ignored cache for prepared models, next to the working directory."""
     return Path.cwd() / ".cache" / "paddock"
+
+
+@dataclass(frozen=True, slots=True)
+class DoorLimits:
+    """What every HTTP server of a process (API, admin, metrics, replica ports) allows one client.
+
+    Enforced below the application by ``service.serve.door``; a client past one of them is answered
+    in OpenAI's error shape (431, 408, 503) and its connection closed.
+    """
+
+    max_connections: int = 1024  # open connections per port; the next one is answered 503 and closed
+    max_header_bytes: int = 32 * 1024  # request line and headers, together (431 beyond)
+    max_headers: int = 100  # header fields (431 beyond)
+    header_timeout_s: float = 10.0  # from the connection (or the request's first byte) to its last header (408)
+    body_timeout_s: float = 60.0  # from the last header to the body's last byte (408)
+    linger_s: float = 2.0  # after a refusal, how long a still-sending client is read (and ignored) before closing
+
+
+DEFAULT_DOOR = DoorLimits()
 
 
 class Settings(BaseSettings):
@@ -87,10 +123,36 @@ class Settings(BaseSettings):
     admin_url: str = Field(
         default="http://127.0.0.1:8001", description="Admin API base URL `paddock admin` calls (--url overrides)."
     )
-    trusted_proxies: tuple[str, ...] = Field(
-        default=(), description="Networks whose X-Forwarded-For is believed (JSON list in the env)."
+    trusted_proxies: tuple[Network, ...] = Field(
+        default=(),
+        description='Networks whose X-Forwarded-For is believed (a JSON list in the env, e.g. ["10.0.0.0/8"]); '
+        "none = the peer address is the client. The server library's own forwarded-header trust is always off.",
     )
     auth_failures_per_minute: int = Field(default=20, ge=1)
+
+    # -- the front door: every HTTP server of this process (service.serve.door) --------------
+    max_connections: int = Field(
+        default=DEFAULT_DOOR.max_connections, ge=1, description="Open connections per port (503 and close beyond)."
+    )
+    max_header_bytes: int = Field(
+        default=DEFAULT_DOOR.max_header_bytes, ge=1024, description="Request line and headers together (431 beyond)."
+    )
+    max_headers: int = Field(default=DEFAULT_DOOR.max_headers, ge=8, description="Header fields (431 beyond).")
+    header_timeout_s: float = Field(
+        default=DEFAULT_DOOR.header_timeout_s, gt=0, description="Time to send a request's headers (408 after)."
+    )
+    body_timeout_s: float = Field(
+        default=DEFAULT_DOOR.body_timeout_s, gt=0, description="Time to send a request's body (408 after)."
+    )
+
+    def door_limits(self) -> DoorLimits:
+        return DoorLimits(
+            max_connections=self.max_connections,
+            max_header_bytes=self.max_header_bytes,
+            max_headers=self.max_headers,
+            header_timeout_s=self.header_timeout_s,
+            body_timeout_s=self.body_timeout_s,
+        )
 
     def resolved_state_dir(self) -> Path:
         return (self.state_dir or self.cache_dir / "state").resolve()

@@ -42,6 +42,7 @@ class CallContext:
     request_id: str
     headers: dict[str, str] = field(default_factory=dict)
     max_prompt_tokens: int | None = None  # governance policy, enforced with the real tokenizer
+    special_tokens: bool = False  # the tenant's policy reads control tokens typed into content as control tokens
 
 
 class EngineDead(Exception):

@@ -1,70 +1,51 @@
 """The tamper-evident audit log: one hash-chained JSON Lines file per writer process.
 
-Every record carries ``writer``, ``seq`` (0, 1, 2, …), ``prev`` (the previous
-record's ``hash``, 64 zeros for the first) and ``hash``: hex SHA-256, or
-HMAC-SHA-256 when a key is given, over the record's canonical JSON without
-``hash``. A chain opens with ``chain.start`` (written by ``AuditLog()``) and
-closes with ``chain.end`` (written by ``close()``). Each record is one line
-written by one ``os.write``: once ``write`` returns, the line is in the kernel
-and survives the process being killed. ``verify`` checks files independently
-and reports edited, reordered, deleted and truncated records.
+The format (chains, sealed heads, the manifest) is described in
+``audit_chain.py``; verification is ``audit_verify.py`` (re-exported here).
+Each record is one line written by one ``os.write``: once ``write`` returns,
+the line is in the kernel and survives the process being killed. After each
+record the writer rewrites its sealed head in place (one ``pwrite``); a writer
+registers its chain in the directory's manifest when it opens and records its
+last record there when it closes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import fcntl
 import json
+import logging
 import os
 import re
 import socket
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-GENESIS = "0" * 64
-START, END = "chain.start", "chain.end"
-CHAIN_FIELDS = ("writer", "seq", "prev", "hash")
-NO_END = "the chain has no chain.end record (file truncated, or its writer is still running or crashed)"
+from service.governance.audit_chain import (
+    END,
+    FORMAT,
+    GENESIS,
+    MANIFEST,
+    MANIFEST_WRITER,
+    START,
+    WRITER_END,
+    WRITER_START,
+    canonical,
+    chain_path,
+    digest,
+    head_path,
+    key_id,
+    seal,
+)
+from service.governance.audit_verify import NO_END, Problem, verify, verify_file
 
+__all__ = ["GENESIS", "NO_END", "AuditLog", "Problem", "UtcClock", "read_key_file", "redact", "verify", "verify_file"]
 
-# The canonical form: sorted keys, no spaces, no NaN; built once (``json.dumps`` makes an encoder per call).
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-_CANONICAL_ASCII = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-_C_MAKE_ENCODER = getattr(json.encoder, "c_make_encoder", None)  # None without CPython's C accelerator
+log = logging.getLogger(__name__)
 _MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
-
-
-def _encode_canonical(record: dict[str, Any]) -> str:
-    """``_CANONICAL.encode(record)``, without the set-up ``JSONEncoder`` redoes in Python on every call.
-
-    The C encoder is made as ``JSONEncoder.iterencode`` makes it (a fresh circular-reference memo each time).
-    """
-    if _C_MAKE_ENCODER is None:
-        return _CANONICAL.encode(record)
-    encoder = _C_MAKE_ENCODER(
-        {}, _CANONICAL.default, json.encoder.encode_basestring, None, ":", ",", True, False, False
-    )
-    return "".join(encoder(record, 0))
-
-
-def _canonical(record: dict[str, Any]) -> tuple[str, bytes]:
-    """The canonical JSON text and its UTF-8 bytes (ASCII escapes if the text holds lone surrogates)."""
-    text = _encode_canonical(record)
-    try:
-        return text, text.encode()
-    except UnicodeEncodeError:
-        text = _CANONICAL_ASCII.encode(record)
-        return text, text.encode()
-
-
-def _digest(data: bytes, key: bytes | None) -> str:
-    if key is None:
-        return hashlib.sha256(data).hexdigest()
-    return hmac.digest(key, data, "sha256").hex()
+_MANIFEST_LOCK = threading.Lock()  # lockf locks the file against other processes, not against this one's threads
+_TAIL_BYTES = 64 * 1024
 
 
 class UtcClock:
@@ -109,7 +90,8 @@ def read_key_file(path: Path) -> bytes:
 
 
 class AuditLog:
-    """One writer's hash chain, appended to ``<directory>/audit-<writer_id>.jsonl``. Thread-safe."""
+    """One writer's hash chain, appended to ``<directory>/audit-<writer_id>.jsonl``, its sealed head rewritten
+    after every record and its start and end on the directory's manifest. Thread-safe."""
 
     def __init__(
         self,
@@ -123,7 +105,7 @@ class AuditLog:
             raise ValueError("the audit HMAC key is empty")
         self.writer_id = sanitise_writer_id(writer_id) if writer_id is not None else default_writer_id()
         self.directory = Path(directory)
-        self.path = self.directory / f"audit-{self.writer_id}.jsonl"
+        self.path = chain_path(self.directory, self.writer_id)
         self._key = key
         self._stdout = stdout
         self._lock = threading.Lock()
@@ -135,12 +117,19 @@ class AuditLog:
         self.directory.mkdir(mode=0o750, parents=True, exist_ok=True)
         # O_EXCL: a second chain appended to an existing file would make the file fail verification.
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o640)
+        self._head: int | None = None
         alg = "sha256" if key is None else "hmac-sha256"
         try:
-            self.write({"event": START, "hash_alg": alg, "host": socket.gethostname(), "pid": self._pid})
+            self._head = os.open(
+                head_path(self.directory, self.writer_id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640
+            )
+            start = self.write(
+                {"event": START, "hash_alg": alg, "format": FORMAT, "host": socket.gethostname(), "pid": self._pid}
+            )
+            entry = {"event": WRITER_START, "chain_writer": self.writer_id, "file": self.path.name}
+            append_manifest(self.directory, {**entry, "start_hash": start["hash"]}, key)
         except BaseException:
-            os.close(self._fd)
-            self._fd = None
+            self._close_files()
             raise
 
     def write(self, record: dict[str, Any], *, echo: bool = True) -> dict[str, Any]:
@@ -156,40 +145,61 @@ class AuditLog:
             return self._append(full, echo)
 
     def _append(self, full: dict[str, Any], echo: bool = True) -> dict[str, Any]:
-        """Chain and write one record; the caller holds the lock."""
+        """Chain and write one record, then its sealed head; the caller holds the lock."""
         if self._fd is None:
             raise ValueError(f"audit log {self.path} is closed")
         if self._broken is not None:
             raise OSError(self._broken)
         if os.getpid() != self._pid:
             raise RuntimeError("AuditLog used in a forked child: create a new AuditLog in each process")
-        full["writer"], full["seq"], full["prev"] = self.writer_id, self._seq, self._prev
-        text, data = _canonical(full)
-        digest = _digest(data, self._key)
-        line = data[:-1] + b',"hash":"' + digest.encode() + b'"}\n'
+        seq = self._seq
+        full["writer"], full["seq"], full["prev"] = self.writer_id, seq, self._prev
+        text, data = canonical(full)
+        hashed = digest(data, self._key)
+        line = data[:-1] + b',"hash":"' + hashed.encode() + b'"}\n'
         written = os.write(self._fd, line)  # one unbuffered write: in the kernel once it returns
         if written != len(line):
             self._broken = f"{self.path}: short write ({written} of {len(line)} bytes); the chain is broken"
             raise OSError(self._broken)
         self._seq += 1
-        self._prev = full["hash"] = digest
+        self._prev = full["hash"] = hashed
         if self._stdout is not None and echo:
-            self._stdout.write(text[:-1] + ',"hash":"' + digest + '"}\n')
+            self._stdout.write(text[:-1] + ',"hash":"' + hashed + '"}\n')
             self._stdout.flush()
+        if self._head is not None:  # after the record: a head never names a record the file lacks
+            try:
+                os.pwrite(self._head, seal(self.writer_id, seq, hashed, self._key), 0)
+            except OSError as error:
+                raise OSError(f"{self.path}: record {seq} written, but its sealed head was not: {error}") from error
         return full
 
     def close(self) -> None:
-        """Write ``chain.end``, flush it to disk and close the file. Idempotent."""
+        """Write ``chain.end``, flush it to disk, record the end on the manifest and close the files. Idempotent."""
         with self._lock:
             if self._fd is None:
                 return
             try:
                 if os.getpid() == self._pid and self._broken is None:
-                    self._append({"event": END, "time": self._now()})
+                    end = self._append({"event": END, "time": self._now()})
                     os.fsync(self._fd)
+                    if self._head is not None:
+                        os.fsync(self._head)
+                    self._record_end(end)
             finally:
-                os.close(self._fd)
-                self._fd = None
+                self._close_files()
+
+    def _record_end(self, end: dict[str, Any]) -> None:
+        entry = {"event": WRITER_END, "chain_writer": self.writer_id, "head_seq": end["seq"], "head_hash": end["hash"]}
+        try:
+            append_manifest(self.directory, entry, self._key)
+        except OSError as error:  # the chain itself is closed and whole; verify will miss the manifest's end
+            log.error("audit manifest %s: could not record the end of %s: %s", MANIFEST, self.path.name, error)
+
+    def _close_files(self) -> None:
+        for fd in (self._fd, self._head):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._head = None
 
     def __enter__(self) -> AuditLog:
         return self
@@ -198,139 +208,63 @@ class AuditLog:
         self.close()
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One verification finding; ``line`` 0 means the file as a whole."""
-
-    path: str
-    line: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.message}" if self.line else f"{self.path}: {self.message}"
-
-
-class _Chain:
-    """Checks one file's records, line by line."""
-
-    def __init__(self, path: str, key: bytes | None) -> None:
-        self.path, self.key = path, key
-        self.problems: list[Problem] = []
-        self.hash_failures: list[Problem] = []
-        self.records = 0
-        self.writer: str | None = None
-        self.alg: object = None
-        self.seq: int | None = -1  # None: unknown after an unreadable line
-        self.prev: str | None = GENESIS
-        self.ended = False
-
-    def problem(self, line: int, message: str) -> None:
-        self.problems.append(Problem(self.path, line, message))
-
-    def feed(self, line: int, raw: bytes) -> None:
-        if not raw.endswith(b"\n"):
-            self.problem(line, "the last line is incomplete (no newline): the file was truncated mid-record")
-            return
-        record = self._parse(line, raw)
-        if record is None:
-            self.seq = self.prev = None
-            return
-        self.records += 1
-        if self.ended:
-            self.problem(line, "record after chain.end (appended after the chain was closed)")
-        self._check_hash(line, raw, record)
-        self._check_order(line, record)
-        self._check_identity(line, record)
-        self.ended = self.ended or record.get("event") == END
-
-    def _parse(self, line: int, raw: bytes) -> dict[str, Any] | None:
+def append_manifest(directory: Path, record: dict[str, Any], key: bytes | None) -> dict[str, Any]:
+    """Chain ``record`` onto ``directory``'s manifest (created with its ``chain.start`` if missing) and reseal its
+    head, under an exclusive lock shared by every process that writes there; return the record."""
+    path = directory / MANIFEST
+    with _MANIFEST_LOCK:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
         try:
-            record = json.loads(raw)
-        except ValueError as error:
-            self.problem(line, f"not valid JSON ({error})")
-            return None
-        if not isinstance(record, dict):
-            self.problem(line, "not a JSON object")
-            return None
-        missing = [f for f in CHAIN_FIELDS if f not in record]
-        if missing:
-            self.problem(line, f"record lacks the chain field(s) {', '.join(missing)}")
-            return None
-        return record
-
-    def _check_hash(self, line: int, raw: bytes, record: dict[str, Any]) -> None:
-        stored = record["hash"]
-        try:
-            _, data = _canonical({k: v for k, v in record.items() if k != "hash"})
-        except ValueError:
-            self.problem(line, "record holds a value JSON does not allow (NaN or Infinity)")
-            return
-        if not isinstance(stored, str) or not hmac.compare_digest(_digest(data, self.key).encode(), stored.encode()):
-            self.hash_failures.append(Problem(self.path, line, "record hash does not match its content (edited?)"))
-        elif raw != data[:-1] + b',"hash":"' + stored.encode() + b'"}\n':
-            self.problem(line, "record is not in canonical form (hand-edited, e.g. a duplicate key?)")
-
-    def _check_order(self, line: int, record: dict[str, Any]) -> None:
-        seq, prev = record["seq"], record["prev"]
-        if not isinstance(seq, int) or isinstance(seq, bool):
-            self.problem(line, f"seq {seq!r} is not an integer")
-        elif self.seq is not None and seq != self.seq + 1:
-            if self.seq == -1:
-                self.problem(line, f"the first record has seq {seq}, not 0 (records missing from the start)")
-            else:
-                self.problem(line, f"seq {seq} follows {self.seq} (record deleted or reordered)")
-        elif self.prev is not None and prev != self.prev:
-            self.problem(line, "prev is not the hash of the record before it (record deleted, inserted or replaced)")
-        self.seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else None
-        self.prev = record["hash"]
-
-    def _check_identity(self, line: int, record: dict[str, Any]) -> None:
-        event = record.get("event")
-        if self.records == 1:
-            self.writer, self.alg = record["writer"], record.get("hash_alg")
-            if event != START:
-                self.problem(line, f"the first record is {event!r}, not chain.start (start of the chain missing)")
-        elif event == START:
-            self.problem(line, "a second chain.start (two chains in one file?)")
-        if record["writer"] != self.writer:
-            self.problem(line, f"writer {record['writer']!r} differs from the file's writer {self.writer!r}")
-
-    def finish(self, allow_open: bool) -> list[Problem]:
-        failures = self.hash_failures
-        if self.records > 1 and len(failures) == self.records:
-            hint = (
-                "the chain may have been written with an HMAC key (give it to verify)"
-                if self.key is None
-                else "wrong HMAC key, or the chain was written without one"
-            )
-            message = f"no record's hash matches its content: {hint}; chain.start declares hash_alg {self.alg!r}"
-            failures = [Problem(self.path, 0, message + " (or every record was edited)")]
-        problems = sorted(self.problems + failures, key=lambda p: p.line)
-        if self.records == 0 and not problems:
-            problems.append(Problem(self.path, 0, "the file holds no records (no chain.start)"))
-        elif not self.ended and not allow_open:
-            problems.append(Problem(self.path, 0, NO_END))
-        return problems
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+            seq, prev, prefix = _manifest_tail(fd)
+            now = UtcClock()()
+            lines, full = [], dict(record)
+            if seq < 0:  # a new manifest, or one whose last line is unreadable: (re)start its chain, visibly
+                first: dict[str, Any] = {"event": START, "format": FORMAT, "time": now}
+                if prev is None:
+                    first["restarted"] = True  # the verifier reports the break
+                first_line, first_hash = _manifest_line(first, 0, GENESIS, key)
+                lines.append(first_line)
+                seq, prev = 0, first_hash
+            full.setdefault("time", now)
+            assert prev is not None  # (a readable tail always has a hash)
+            line, full["hash"] = _manifest_line(full, seq + 1, prev, key)
+            lines.append(line)
+            os.write(fd, prefix + b"".join(lines))
+            head = os.open(head_path(directory, MANIFEST_WRITER), os.O_WRONLY | os.O_CREAT, 0o640)
+            try:
+                os.pwrite(head, seal(MANIFEST_WRITER, seq + 1, full["hash"], key), 0)
+            finally:
+                os.close(head)
+        finally:
+            os.close(fd)  # releases the lock
+    return full
 
 
-def verify_file(path: Path, key: bytes | None = None, allow_open: bool = False) -> tuple[int, list[Problem]]:
-    """Check one chain file; return (records read, problems)."""
-    chain = _Chain(str(path), key)
+def _manifest_line(record: dict[str, Any], seq: int, prev: str, key: bytes | None) -> tuple[bytes, str]:
+    """``record`` chained as the manifest's ``seq``: its line and hash (the record gains the chain fields)."""
+    record.update(writer=MANIFEST_WRITER, seq=seq, prev=prev, kid=key_id(key))
+    _, data = canonical(record)
+    hashed = digest(data, key)
+    return data[:-1] + b',"hash":"' + hashed.encode() + b'"}\n', hashed
+
+
+def _manifest_tail(fd: int) -> tuple[int, str | None, bytes]:
+    """The manifest's last ``seq`` and ``hash`` (-1 and ``GENESIS`` if it is empty; -1 and ``None`` if its last
+    line is unreadable), and what to write before the next line (a newline a torn last line lacks)."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return -1, GENESIS, b""
+    tail = os.pread(fd, min(size, _TAIL_BYTES), max(0, size - _TAIL_BYTES))
+    prefix = b"" if tail.endswith(b"\n") else b"\n"
     try:
-        with open(path, "rb") as file:
-            for number, raw in enumerate(file, start=1):
-                chain.feed(number, raw)
-    except OSError as error:
-        return chain.records, [Problem(str(path), 0, f"cannot read the file: {error.strerror or error}")]
-    return chain.records, chain.finish(allow_open)
-
-
-def verify(paths: Iterable[Path], key: bytes | None = None, allow_open: bool = False) -> list[Problem]:
-    """Check each file independently; an empty list means every chain is intact."""
-    problems: list[Problem] = []
-    for path in paths:
-        problems.extend(verify_file(Path(path), key, allow_open)[1])
-    return problems
+        last = json.loads(tail.rstrip(b"\n").rsplit(b"\n", 1)[-1])
+        seq, hashed = last["seq"], last["hash"]
+    except (ValueError, KeyError, TypeError):
+        return -1, None, prefix
+    if prefix or not isinstance(seq, int) or not isinstance(hashed, str):
+        return -1, None, prefix
+    return seq, hashed, prefix
 
 
 REDACTED = "[REDACTED]"

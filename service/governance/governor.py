@@ -15,8 +15,10 @@ import asyncio
 import hashlib
 import logging
 import time
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 from service.config.schema import ModelConfig, ServiceConfig
@@ -28,6 +30,7 @@ from service.governance.records import AuditTrail
 from service.governance.refusal import Reason, Refusal
 from service.governance.reload import PolicyHolder
 from service.governance.store.base import LIMIT_KINDS, Admission, Quota, Reservation, Store, StoreUnavailable, Usage
+from service.governance.throttle import AuthThrottle
 from service.observability.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -101,6 +104,7 @@ class Governor:
         self._names = config.model_by_name()
         self._models = {m.id: m for m in config.models}
         self.policy = policy
+        self._throttle = AuthThrottle(store, options.auth_failures_per_minute, metrics)
         self.store = store
         self.trail = trail
         self._metrics = metrics
@@ -111,9 +115,20 @@ class Governor:
         self._grants_index: KeyIndex | None = None
         self._kills: dict[str, dict[str, object]] = {}
         self._kill_version = -1
-        self._throttled: dict[str, float] = {}
-        self.active: set[Ticket] = set()
+        # Admitted, unsettled tickets, held weakly: a ticket nobody holds is neither renewed nor killed, and its
+        # drop guard settles it (_dropped).
+        self.active: weakref.WeakSet[Ticket] = weakref.WeakSet()
         self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._cleanups: set[asyncio.Task[None]] = set()
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    @store.setter
+    def store(self, store: Store) -> None:
+        self._store = self._throttle.store = store
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -133,6 +148,7 @@ class Governor:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._cleanups, return_exceptions=True)
         await self.store.close()
         self.trail.close()
 
@@ -145,9 +161,7 @@ class Governor:
     # -- authentication ----------------------------------------------------
 
     async def authenticate(self, authorization: str | None, client: str) -> Principal:
-        throttled = self._throttled.get(client)
-        if throttled is not None and throttled > (now := time.monotonic()):
-            raise self._throttle(throttled - now)
+        """The key's principal; a failure is 401, or 429 once ``client`` failed too often (a valid key never is)."""
         presented = bearer(authorization)
         principal = self.policy.index.lookup(presented) if presented else None
         if principal is None:
@@ -158,32 +172,16 @@ class Governor:
                 if presented is None
                 else "Incorrect API key provided."
             )
-            raise await self._auth_failure(client, Refusal(reason, message))
+            raise await self._throttle.failed(client, Refusal(reason, message))
         if principal.usable_until > time.time():  # enabled, of an enabled tenant, not expired
             return principal
         key = principal.key
         if not key.enabled or key.expired(datetime.now(UTC)):
             state = "disabled" if not key.enabled else "expired"
-            raise await self._auth_failure(client, Refusal("invalid_api_key", f"This API key is {state}."))
+            raise await self._throttle.failed(client, Refusal("invalid_api_key", f"This API key is {state}."))
         if not principal.tenant.enabled:
             raise Refusal("tenant_disabled", "This API key's organization is disabled.")
         return principal
-
-    def _throttle(self, wait_s: float) -> Refusal:
-        retry = max(1, round(wait_s))
-        return Refusal("auth_throttled", "Too many failed authentication attempts; retry later.", retry_after_s=retry)
-
-    async def _auth_failure(self, client: str, refusal: Refusal) -> Refusal:
-        try:
-            wait = await self.store.hit(f"authfail:{client}", self._options.auth_failures_per_minute)
-        except StoreUnavailable:
-            return refusal
-        if wait > 0:
-            self._throttled[client] = time.monotonic() + wait
-            if len(self._throttled) > 10_000:
-                self._throttled = {c: t for c, t in self._throttled.items() if t > time.monotonic()}
-            return self._throttle(wait)
-        return refusal
 
     # -- authorisation -----------------------------------------------------
 
@@ -243,7 +241,13 @@ class Governor:
             cache_salt=grant.cache_salt if model.task == "generate" else None,
         )
         reservation = Reservation(
-            request_id, principal.tenant.id, principal.key.id, model.id, shaped.reserve_tokens, grant.quotas
+            request_id,
+            principal.tenant.id,
+            principal.key.id,
+            model.id,
+            shaped.reserve_tokens,
+            grant.quotas,
+            shaped.weight,
         )
         admission = await self._admit(reservation)
         if not admission.admitted:
@@ -261,9 +265,57 @@ class Governor:
             client,
             governor=self,
         )
+        self._guard(ticket)
         self.active.add(ticket)
         self._decision_seconds.observe(time.monotonic() - started)
         return ticket
+
+    def _guard(self, ticket: Ticket) -> None:
+        """Arm the ticket's drop guard: if the ticket is let go unsettled, ``_dropped`` settles it."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        view = SimpleNamespace(  # what settling and the completed record need, without the ticket itself
+            request_id=ticket.request_id,
+            principal=ticket.principal,
+            model=ticket.model,
+            route=ticket.route,
+            client=ticket.client,
+            shaped=ticket.shaped,
+            reservation=ticket.reservation,
+            lease_id=ticket.lease_id,
+            started=ticket.started,
+            killed_by="",
+        )
+        guard = weakref.finalize(ticket, self._dropped, view)
+        guard.atexit = False
+        ticket.disarm = guard.detach
+
+    def _dropped(self, view: SimpleNamespace) -> None:
+        """A ticket was garbage-collected unsettled (a bug on some path): settle it on the event loop."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._clean_up, view)
+        except RuntimeError:  # the loop stopped meanwhile: its leases lapse within lease_ttl_s
+            pass
+
+    def _clean_up(self, view: SimpleNamespace) -> None:
+        task = asyncio.ensure_future(self._settle_dropped(view))
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    async def _settle_dropped(self, view: SimpleNamespace) -> None:
+        log.error("request %s was let go without being settled: charging its reservation", view.request_id)
+        charged = Usage(view.reservation.tokens, 0)
+        try:
+            await self.store.settle(view.reservation, view.lease_id, charged)
+        except StoreUnavailable as error:
+            self._metrics.store_errors.labels("settle").inc()
+            log.error("could not settle request %s: %s", view.request_id, error)
+        except Exception:  # noqa: BLE001 - e.g. the store closed meanwhile: its leases lapse within lease_ttl_s
+            log.exception("could not settle request %s", view.request_id)
+        self.trail.completed(view, status=500, usage=None, outcome="error", charged=charged, basis="reservation")
 
     async def _admit(self, reservation: Reservation) -> Admission:
         try:
@@ -288,6 +340,8 @@ class Governor:
         if ticket.settled:
             return
         ticket.settled = True
+        if ticket.disarm is not None:
+            ticket.disarm()
         self.active.discard(ticket)
         charged = usage or Usage(ticket.reservation.tokens, 0)
         try:
@@ -363,6 +417,20 @@ def _kill_message(scope: str, model: ModelConfig) -> str:
     return "This API key is disabled by its operators; do not retry."
 
 
+def _beyond_limit(kind: str, reservation: Reservation) -> str:
+    """Why a request can never pass a rate limit as sent."""
+    if kind == "tokens_per_minute":
+        return (
+            f"This request may use up to {reservation.tokens} tokens, more than your limit of "
+            "tokens per minute; lower max_tokens or the prompt."
+        )
+    what = "requests per minute" if kind == "requests_per_minute" else "concurrent requests"
+    return (
+        f"This request holds {reservation.weight} prompts, and each counts as one request: more than your "
+        f"limit of {what}; send fewer prompts per request."
+    )
+
+
 def _limit_refusal(admission: Admission, reservation: Reservation) -> Refusal:
     headers = ratelimit_headers(admission)
     kind = admission.reason or "requests_per_minute"
@@ -370,8 +438,7 @@ def _limit_refusal(admission: Admission, reservation: Reservation) -> Refusal:
         if admission.retry_after_s <= 0:  # larger than the limit itself: waiting will not help
             return Refusal(
                 "rate_limited",
-                f"This request may use up to {reservation.tokens} tokens, more than your limit of "
-                "tokens per minute; lower max_tokens or the prompt.",
+                _beyond_limit(kind, reservation),
                 headers={**headers, "x-should-retry": "false"},
                 detail=kind,
             )

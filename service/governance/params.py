@@ -57,6 +57,9 @@ class Shaped:
     timeout_s: float | None
     stream: bool
     include_usage: bool  # the client asked for the usage chunk (stream_options.include_usage)
+    weight: int = 1  # prompts in the request (a batch): it counts as this many requests for rate and concurrency
+    prompt_tokens: int = 0  # the prompt part of reserve_tokens (charged when the engine reports no usage)
+    special_tokens: bool = False  # the replica reads control tokens typed into content as control tokens
 
 
 def shape_request(
@@ -78,7 +81,11 @@ def shape_request(
     * embeddings: the prompt bound alone (capped per input).
 
     The store settles on the engine's real usage afterwards, so over-reserving only delays a request near a
-    limit; it never over-charges.
+    limit; it never over-charges a request whose usage the engine reports.
+
+    A batch (a legacy completion's ``prompt`` list, an embeddings ``input`` list) holds at most
+    ``params.max_batch`` prompts, and its ``weight`` (the number of prompts) is what it counts for the
+    requests-per-minute and concurrency limits: 256 prompts in one request are 256 requests.
     """
     spec = ROUTES.get(route)
     if spec is None:
@@ -96,9 +103,12 @@ def shape_request(
     _apply_system_prompt(route, shaped, params.system_prompt)
     if cache_salt is not None and route != EMBEDDINGS and shaped.get("cache_salt") is None:
         shaped["cache_salt"] = cache_salt
+    weight = _check_batch(spec, shaped, params.max_batch)
     max_prompt = params.max_prompt_tokens
-    reserve = _reserve(spec, shaped, max_prompt, max_model_len, out, choices)
-    return Shaped(shaped, reserve, max_prompt, params.request_timeout_s, stream, include_usage)  # positional: faster
+    reserve, prompt = _reserve(spec, shaped, max_prompt, max_model_len, out, choices, weight)
+    # positional: faster
+    special = params.special_tokens == "allow"
+    return Shaped(shaped, reserve, max_prompt, params.request_timeout_s, stream, include_usage, weight, prompt, special)
 
 
 def _invalid(param: str, message: str) -> Refusal:
@@ -255,12 +265,24 @@ def _apply_system_prompt(route: str, shaped: dict[str, Any], prompt: str | None)
     elif route in (MESSAGES, COUNT_TOKENS):
         shaped["system"] = _prefixed_system(shaped.get("system"), prompt)
     elif route == COMPLETIONS:
+        if shaped.get("echo"):  # the echoed prompt would carry the mandatory system prompt back
+            raise _invalid("echo", "echo is not available for this key (it has a mandatory system prompt).")
         shaped["prompt"] = _prefixed_prompt(shaped.get("prompt"), prompt + "\n\n")
     elif route == RESPONSES:
-        instructions = shaped.get("instructions")
-        if instructions is not None and not isinstance(instructions, str):
-            raise _invalid("instructions", "instructions must be a string.")
-        shaped["instructions"] = f"{prompt}\n\n{instructions}" if instructions else prompt
+        shaped["input"] = _system_first(shaped.get("input"), prompt)
+
+
+def _system_first(given: Any, prompt: str) -> list[Any]:
+    """A Responses ``input`` led by the mandatory system message.
+
+    Not prefixed to ``instructions``: the Response object returns those to the client, streamed too.
+    """
+    system = {"type": "message", "role": "system", "content": prompt}
+    if isinstance(given, str):
+        return [system, {"type": "message", "role": "user", "content": given}]
+    if isinstance(given, list):
+        return [system, *given]
+    raise _invalid("input", "input must be a string or a list of input items.")
 
 
 def _prefixed_system(system: Any, prompt: str) -> str | list[Any]:
@@ -292,9 +314,22 @@ def _batch_size(value: Any) -> int:
     return 1
 
 
-def _reserve(spec: Route, shaped: dict[str, Any], max_prompt: int | None, max_model_len: int, out: int, n: int) -> int:
-    route, batched = spec.path, spec.batched_field
-    prompts = 1 if batched is None else _batch_size(shaped.get(batched))
+def _check_batch(spec: Route, shaped: dict[str, Any], max_batch: int) -> int:
+    """The number of prompts the request holds (1 unless the route takes a batch), at most ``max_batch``."""
+    name = spec.batched_field
+    if name is None:
+        return 1
+    prompts = _batch_size(shaped.get(name))
+    if prompts > max_batch:
+        raise _invalid(name, f"{name} holds {prompts} prompts but this key allows at most {max_batch} per request.")
+    return prompts
+
+
+def _reserve(
+    spec: Route, shaped: dict[str, Any], max_prompt: int | None, max_model_len: int, out: int, n: int, prompts: int
+) -> tuple[int, int]:
+    """The worst-case tokens of the whole request, and of its prompt alone."""
+    route = spec.path
     per_prompt = max_model_len if max_prompt is None else min(max_prompt, max_model_len)
     ceiling = per_prompt * prompts
     if route == RESPONSES and any(shaped.get(name) is not None for name in _STORED_CONTEXT):
@@ -309,9 +344,9 @@ def _reserve(spec: Route, shaped: dict[str, Any], max_prompt: int | None, max_mo
             size = len(text) if text.isascii() else len(text.encode())
             bound = min(ceiling, size + _template_tokens(route, shaped, prompts))
     if route == EMBEDDINGS:
-        return bound
+        return bound, bound
     sequences = n * prompts
-    return min(max_model_len * sequences, bound + out * sequences)
+    return min(max_model_len * sequences, bound + out * sequences), bound
 
 
 def _template_tokens(route: str, shaped: dict[str, Any], prompts: int) -> int:

@@ -51,6 +51,12 @@ class Parameters(StrictModel):
     output_tokens_over_cap: Literal["clamp", "reject"] = "clamp"
     max_prompt_tokens: int | None = Field(default=None, ge=1)
     max_n: int = Field(default=1, ge=1, description="Cap on `n` (and `best_of`).")
+    max_batch: int = Field(
+        default=32,
+        ge=1,
+        description="Most prompts one request may hold (a completion's `prompt` list, an embeddings `input` "
+        "list). Each prompt counts as one request for requests_per_minute and max_concurrent_requests.",
+    )
     system_prompt: str | None = Field(default=None, description="Prepended to every chat and completion prompt.")
     request_timeout_s: float | None = Field(default=None, gt=0)
     allowed_fields: tuple[str, ...] = Field(
@@ -60,6 +66,11 @@ class Parameters(StrictModel):
         default=None,
         description="Cap on reasoning_effort (chat) and reasoning.effort (Responses); higher asks are lowered "
         "to it, and a request that names none gets min(cap, medium).",
+    )
+    special_tokens: Literal["escape", "allow"] = Field(
+        default="escape",
+        description="The model's control tokens typed into chat, Responses or Messages content: `escape` reads "
+        "them as text (no forged system or assistant turns), `allow` as control tokens.",
     )
     builtin_tools: tuple[str, ...] = Field(
         default=(),

@@ -44,6 +44,12 @@ def prompt_text(body: dict[str, Any]) -> str:
     return redact(json.dumps(fields, ensure_ascii=False))
 
 
+def _charged(usage: Usage | None, charged: Usage | None, reserved: int) -> int:
+    if charged is not None:
+        return charged.total
+    return usage.total if usage else reserved
+
+
 class AuditTrail:
     """Builds the records and writes them through one hash-chained writer."""
 
@@ -128,8 +134,17 @@ class AuditTrail:
         self._write(record, echo=False)  # the log line of the request is its completed record
 
     def completed(
-        self, ticket: Any, *, status: int, usage: Usage | None, outcome: str, completion: str | None = None
+        self,
+        ticket: Any,
+        *,
+        status: int,
+        usage: Usage | None,
+        outcome: str,
+        completion: str | None = None,
+        charged: Usage | None = None,
+        basis: str | None = None,
     ) -> None:
+        """The outcome: ``usage`` as the engine reported it (``None``: none), ``charged`` as settled and why."""
         tenant, model = ticket.principal.tenant.id, ticket.model.id
         if outcome == "killed":
             self.metrics.killed.labels(_scope_kind(ticket.killed_by)).inc()
@@ -152,7 +167,8 @@ class AuditTrail:
             "outcome": outcome,
             "prompt_tokens": usage.prompt_tokens if usage else None,
             "completion_tokens": usage.completion_tokens if usage else None,
-            "charged_tokens": usage.total if usage else ticket.reservation.tokens,
+            "charged_tokens": _charged(usage, charged, ticket.reservation.tokens),
+            "charged_by": basis or ("usage" if usage else "reservation"),
             "latency_s": round(time.monotonic() - ticket.started, 6),
         }
         if completion is not None and ticket.principal.tenant.audit.include_text:

@@ -6,6 +6,11 @@ serving infrastructure or a stream that fails after its 200 — is an
 ``{"error": {"message", "type", "param", "code"}}`` with ``application/json``.
 Any layer may raise these; only the HTTP layer (``service.api.asgi``) writes them.
 
+Messages and ``param`` often quote what the client sent (a model name, a path, a
+field). Every :class:`APIError` bounds both when it is made (:func:`bounded`), so no
+client input comes back at more than :data:`MAX_MESSAGE_CHARS` characters, whatever
+raised it.
+
 A route of the Anthropic dialect answers the same errors in Anthropic's shape
 instead: the ingress turns each one with :func:`in_dialect` into an
 :class:`AnthropicAPIError` (``{"type": "error", "error": {"type", "message"}}``,
@@ -20,11 +25,22 @@ from dataclasses import dataclass, field
 from service.protocol.routes import Dialect
 
 JSON_CONTENT_TYPE = b"application/json"
+MAX_MESSAGE_CHARS = 1024  # an error's message, client input quoted in it included
+MAX_PARAM_CHARS = 256  # an error's ``param`` (it may name a field the client made up)
+
+
+def bounded(text: str, limit: int) -> str:
+    """``text`` within ``limit`` characters: its start and end kept, the middle elided with a count."""
+    if len(text) <= limit:
+        return text
+    keep = max(limit - 40, 2)
+    head, tail = text[: keep * 2 // 3], text[len(text) - keep // 3 :]
+    return f"{head}…[{len(text) - len(head) - len(tail)} characters omitted]…{tail}"
 
 
 @dataclass
 class APIError(Exception):
-    """An error with its HTTP status and OpenAI error fields."""
+    """An error with its HTTP status and OpenAI error fields (message and param bounded: :func:`bounded`)."""
 
     status: int
     message: str
@@ -32,6 +48,11 @@ class APIError(Exception):
     code: str | None = None
     param: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.message = bounded(str(self.message), MAX_MESSAGE_CHARS)
+        if self.param is not None:
+            self.param = bounded(str(self.param), MAX_PARAM_CHARS)
 
     def __str__(self) -> str:
         return f"{self.status} {self.code or self.type}: {self.message}"
@@ -85,6 +106,20 @@ def payload_too_large(limit: int) -> APIError:
     return APIError(413, f"Request body exceeds the limit of {limit} bytes", code="payload_too_large")
 
 
+def request_timeout(message: str) -> APIError:
+    """The client took too long to send its request (its headers or its body)."""
+    return APIError(408, message, code="request_timeout")
+
+
+def headers_too_large(message: str) -> APIError:
+    return APIError(431, message, code="request_header_fields_too_large")
+
+
+def duplicate_header(name: str) -> APIError:
+    """A header that must come at most once (a credential) came more than once."""
+    return APIError(400, f"The request has more than one `{name}` header; send exactly one.", code="duplicate_header")
+
+
 def context_length_exceeded(message: str) -> APIError:
     return APIError(400, message, code="context_length_exceeded", param="messages")
 
@@ -109,8 +144,9 @@ _STATUS_TYPES = {
     401: ("authentication_error", "invalid_api_key"),
     403: ("permission_error", "forbidden"),
     404: ("invalid_request_error", "not_found"),
-    408: ("server_error", "timeout"),
+    408: ("invalid_request_error", "request_timeout"),
     413: ("invalid_request_error", "payload_too_large"),
+    431: ("invalid_request_error", "request_header_fields_too_large"),
     429: ("rate_limit_error", "rate_limit_exceeded"),
     502: ("server_error", "bad_gateway"),
     503: ("server_error", "service_unavailable"),

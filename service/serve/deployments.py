@@ -25,7 +25,7 @@ from service.api.metrics_app import MetricsApp
 from service.api.replica import ReplicaApp
 from service.api.upstream import Upstream
 from service.config.schema import ModelConfig, ServiceConfig
-from service.config.settings import Settings
+from service.config.settings import DoorLimits, Settings
 from service.governance.factory import admin_token, build_governor
 from service.governance.figures import refresh_tenant_gauges
 from service.models.sources import resolve
@@ -110,7 +110,7 @@ class ModelServer:
         self._app = ReplicaApp(self._engine, token, self._model.max_ongoing_requests, max_body_bytes, self._tracing)
         host = settings.replica_host or ray.util.get_node_ip_address()
         sock = http.bind(host, 0)
-        self._server, self._task = await http.start(self._app, sock)
+        self._server, self._task = await http.start(self._app, sock, limits=settings.door_limits())
         netloc = f"[{host}]" if ":" in host else host  # IPv6 node addresses
         self._url = f"http://{netloc}:{sock.getsockname()[1]}"
         await self._announce()
@@ -187,25 +187,27 @@ class Ingress:
         self._app = IngressApp(
             self._config,
             self._directory,
-            Upstream(token),
+            Upstream(token, read_timeout_s=self._config.ingress.upstream_read_timeout_s),
             self._governor,
             settings.trusted_proxies,
             metrics,
             self._tracing,
         )
-        await self._start_metrics(metrics)
+        door = settings.door_limits()  # every port of this process: API, admin and metrics
+        await self._start_metrics(metrics, door)
         ingress = self._config.ingress
         sock = http.bind(ingress.host, ingress.port, reuse_port=True)
-        self._server, self._task = await http.start(self._app, sock, lifespan="on")
+        self._server, self._task = await http.start(self._app, sock, lifespan="on", limits=door)
         if self._governor is not None:
             admin = self._config.admin
             admin_app = AdminApp(self._governor, self._governor.store, admin_token(settings))
-            self._servers.append(await http.start(admin_app, http.bind(admin.host, admin.port, reuse_port=True)))
+            admin_sock = http.bind(admin.host, admin.port, reuse_port=True)
+            self._servers.append(await http.start(admin_app, admin_sock, limits=door))
             log.info("Paddock admin API listening on http://%s:%d", admin.host, admin.port)
         _freeze_heap()
         log.info("Paddock ingress listening on http://%s:%d", ingress.host, ingress.port)
 
-    async def _start_metrics(self, metrics: ServiceMetrics) -> None:
+    async def _start_metrics(self, metrics: ServiceMetrics, door: DoorLimits) -> None:
         """Paddock's metrics on ``metrics.port`` + this replica's rank on its node (one port per process)."""
         config = self._config.metrics
         if not config.enabled:
@@ -213,7 +215,7 @@ class Ingress:
         governor = self._governor
         refresh = (lambda: refresh_tenant_gauges(governor, metrics.tenants)) if governor else None
         port = config.port + serve.get_replica_context().rank.local_rank
-        self._servers.append(await http.start(MetricsApp(metrics, refresh), http.bind(config.host, port)))
+        self._servers.append(await http.start(MetricsApp(metrics, refresh), http.bind(config.host, port), limits=door))
         log.info("Paddock metrics on http://%s:%d/metrics", config.host, port)
 
     async def check_health(self) -> None:

@@ -8,11 +8,10 @@ from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
 import pytest
-import uvicorn
 from aiohttp import web
 
 from harness.ports import free_port
-from harness.standins import serve_handler
+from harness.standins import serve, serve_handler
 from service.api.ingress import IngressApp
 from service.api.upstream import INTERNAL_TOKEN_HEADER, Endpoint, Upstream
 from service.config.loader import parse_config
@@ -99,15 +98,9 @@ async def stack() -> AsyncIterator[tuple[str, StandInReplica, StaticDirectory]]:
     dead = Endpoint(url=f"http://127.0.0.1:{free_port()}", replica_id="dead")
     live = Endpoint(url=upstream.url, replica_id="live")
     directory = StaticDirectory({"chat": [dead, live], "emb": [live]})
-    app = IngressApp(CONFIG, directory, Upstream(TOKEN))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    yield f"http://127.0.0.1:{port}", replica, directory
-    server.should_exit = True
-    await task
+    served = await serve(IngressApp(CONFIG, directory, Upstream(TOKEN)))  # the production runner (service.serve.http)
+    yield served.url, replica, directory
+    await served.stop()
     await upstream.stop()
 
 

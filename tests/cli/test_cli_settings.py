@@ -266,8 +266,8 @@ def test_audit_verify_treats_an_empty_key_file_variable_as_unset(
     log.close()
     path = log.path
     monkeypatch.setenv("PADDOCK_AUDIT_KEY_FILE", "")
-    assert cli.main(["audit", "verify", str(path)]) == 0
-    assert capsys.readouterr().out.startswith(f"{path}: ok")
+    assert cli.main(["audit", "verify", str(path)]) == 3  # intact, checked without a key: UNAUTHENTICATED
+    assert capsys.readouterr().out.startswith(f"{path}: ok (2 records, UNAUTHENTICATED)")
     monkeypatch.setenv("PADDOCK_AUDIT_KEY_FILE", str(tmp_path / "missing.key"))
     assert cli.main(["audit", "verify", str(path)]) == 1
     assert "cannot use the key file" in capsys.readouterr().err

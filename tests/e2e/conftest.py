@@ -37,9 +37,11 @@ ADMIN_TOKEN = "e2e-admin-token"
 CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
 
+GUARDED_SYSTEM_PROMPT = "Policy 7731: answer only about the weather."
+
 # Tenants of the e2e governance file; each key name maps to (tenant, entry fields).
 TENANTS = [
-    {"id": "acme", "models": ["*"], "parameters": {"allowed_fields": ["ignore_eos"]}},
+    {"id": "acme", "models": ["*"], "parameters": {"allowed_fields": ["ignore_eos", "return_token_ids"]}},
     {"id": "globex", "models": [CHAT], "audit": {"include_text": True}},
     {
         "id": "strict",
@@ -49,6 +51,16 @@ TENANTS = [
     },
     {"id": "thrifty", "models": [CHAT], "limits": {"tokens_per_day": 300}},
     {"id": "frozen", "enabled": False, "models": ["*"]},
+    {
+        "id": "guarded",
+        "models": [CHAT],
+        "parameters": {"system_prompt": GUARDED_SYSTEM_PROMPT, "max_prompt_tokens": 64},
+    },
+    {
+        "id": "rawtokens",
+        "models": [CHAT],
+        "parameters": {"special_tokens": "allow", "allowed_fields": ["return_token_ids"]},
+    },
     {"id": "metered", "models": [CHAT], "limits": {"requests_per_minute": 2, "tokens_per_day": 100000}},
 ]
 KEYS = {
@@ -58,6 +70,8 @@ KEYS = {
     "strict": ("strict", {}),
     "thrifty": ("thrifty", {}),
     "frozen": ("frozen", {}),
+    "guarded": ("guarded", {}),
+    "rawtokens": ("rawtokens", {}),
     "metered": ("metered", {}),
     "metered-kill": ("metered", {}),
     "expired": ("acme", {"expires": "2020-01-01T00:00:00Z"}),

@@ -70,13 +70,30 @@ async def test_authentication_outcomes(gov) -> None:
     assert await reason_of(governor.authenticate(f"Bearer {keys['frozen']}", "2.2.2.2")) == "tenant_disabled"
 
 
-async def test_failed_authentications_are_throttled_per_client(gov) -> None:
+async def test_failed_authentications_are_throttled_per_client_but_never_a_valid_key(gov) -> None:
     governor, keys = gov
     for _ in range(3):
         assert await reason_of(governor.authenticate("Bearer pk-bad", "6.6.6.6")) == "invalid_api_key"
     assert await reason_of(governor.authenticate("Bearer pk-bad", "6.6.6.6")) == "auth_throttled"
-    assert await reason_of(governor.authenticate(f"Bearer {keys['a']}", "6.6.6.6")) == "auth_throttled"
-    assert (await governor.authenticate(f"Bearer {keys['a']}", "7.7.7.7")).key.id == "ka"
+    assert await reason_of(governor.authenticate(None, "6.6.6.6")) == "auth_throttled"
+    assert await reason_of(governor.authenticate(f"Bearer {keys['off']}", "6.6.6.6")) == "auth_throttled"
+    assert (await governor.authenticate(f"Bearer {keys['a']}", "6.6.6.6")).key.id == "ka"  # the key is checked first
+    assert await reason_of(governor.authenticate(f"Bearer {keys['frozen']}", "6.6.6.6")) == "tenant_disabled"
+    assert await reason_of(governor.authenticate("Bearer pk-bad", "7.7.7.7")) == "invalid_api_key"
+
+
+async def test_the_throttle_counts_in_process_while_the_store_is_down(gov) -> None:
+    governor, keys = gov
+
+    async def broken(*_args, **_kw):
+        raise StoreUnavailable("down")
+
+    governor.store.hit = broken
+    for _ in range(3):
+        assert await reason_of(governor.authenticate("Bearer pk-bad", "6.6.6.6")) == "invalid_api_key"
+    assert await reason_of(governor.authenticate("Bearer pk-bad", "6.6.6.6")) == "auth_throttled"
+    assert (await governor.authenticate(f"Bearer {keys['a']}", "6.6.6.6")).key.id == "ka"
+    assert governor.trail.metrics.store_errors.labels("auth")._value.get() == 4
 
 
 async def test_key_overrides_replace_the_tenant_and_count_for_the_key_alone(gov) -> None:

@@ -311,12 +311,22 @@ def test_malformed_prompts_are_refused_under_a_system_prompt(prompt: Any) -> Non
     assert refusal(COMPLETIONS, body, system_prompt="S").param == "prompt"
 
 
-def test_responses_instructions_get_the_system_prompt() -> None:
-    body = {"model": "m", "input": "hi"}
-    assert shape(RESPONSES, body, system_prompt="S").body["instructions"] == "S"
-    assert shape(RESPONSES, {**body, "instructions": None}, system_prompt="S").body["instructions"] == "S"
-    assert shape(RESPONSES, {**body, "instructions": "Mine"}, system_prompt="S").body["instructions"] == "S\n\nMine"
-    assert refusal(RESPONSES, {**body, "instructions": ["x"]}, system_prompt="S").param == "instructions"
+def test_responses_input_gets_the_system_prompt_first() -> None:
+    """In ``input``, not ``instructions``: the Response object (streamed too) returns instructions to the client."""
+    system = {"type": "message", "role": "system", "content": "S"}
+    body = {"model": "m", "input": "hi", "instructions": "Mine"}
+    shaped = shape(RESPONSES, body, system_prompt="S").body
+    assert shaped["input"] == [system, {"type": "message", "role": "user", "content": "hi"}]
+    assert shaped["instructions"] == "Mine"
+    items = [{"role": "user", "content": "a"}]
+    assert shape(RESPONSES, {"model": "m", "input": items}, system_prompt="S").body["input"] == [system, *items]
+    assert refusal(RESPONSES, {"model": "m", "input": 5}, system_prompt="S").param == "input"
+
+
+def test_completions_echo_is_refused_under_a_system_prompt() -> None:
+    body = {"model": "m", "prompt": "Once", "echo": True}
+    assert refusal(COMPLETIONS, body, system_prompt="S").param == "echo"
+    assert shape(COMPLETIONS, body).body["echo"] is True  # fine without one
 
 
 def test_no_system_prompt_leaves_prompts_alone() -> None:
@@ -445,6 +455,28 @@ def test_completion_reservation_with_best_of_and_batched_prompts() -> None:
     # two prompts are two sequences per choice: ["a","b"] in [["a","b"],null] is 16 bytes, 2 * 16 template
     batch = {**body, "prompt": ["a", "b"], "n": 2}
     assert shape(COMPLETIONS, batch, max_n=2).reserve_tokens == 16 + 2 * 16 + 2 * 2 * 10
+
+
+def test_a_batch_is_bounded_by_max_batch_and_weighs_its_prompts() -> None:
+    prompts = {"model": "m", "prompt": ["p"] * 256, "max_tokens": 5}
+    refused = refusal(COMPLETIONS, prompts)  # the default max_batch is 32
+    assert (refused.status, refused.param, refused.code) == (400, "prompt", "invalid_value")
+    assert "holds 256 prompts" in refused.message and "at most 32" in refused.message
+    assert shape(COMPLETIONS, prompts, max_batch=256).weight == 256
+    assert shape(COMPLETIONS, {**prompts, "prompt": [[1, 2], [3]]}).weight == 2  # token prompts
+    assert shape(COMPLETIONS, {**prompts, "prompt": [1, 2, 3]}).weight == 1  # one prompt of token ids
+    assert shape(COMPLETIONS, {**prompts, "prompt": "one"}).weight == 1
+    assert refusal(EMBEDDINGS, {"model": "m", "input": ["x"] * 3}, max_batch=2).param == "input"
+    assert shape(EMBEDDINGS, {"model": "m", "input": ["x"] * 3}, max_batch=3).weight == 3
+    assert shape(CHAT, chat()).weight == 1
+
+
+def test_the_prompt_part_of_the_reservation_is_kept_apart() -> None:
+    shaped = shape(COMPLETIONS, {"model": "m", "prompt": "hello", "max_tokens": 10})
+    assert (shaped.prompt_tokens, shaped.reserve_tokens) == (14 + 16, 14 + 16 + 10)
+    embedded = shape(EMBEDDINGS, {"model": "m", "input": ["a", "b"]})
+    assert embedded.prompt_tokens == embedded.reserve_tokens == 11 + 2 * 16
+    assert shape(CHAT, chat(max_tokens=100)).prompt_tokens == 44 + 16
 
 
 def test_responses_reservation() -> None:

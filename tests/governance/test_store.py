@@ -12,8 +12,10 @@ from service.governance.store import open_store
 from service.governance.store.base import Quota, Reservation, Usage
 
 
-def reservation(tokens: int, *quotas: Quota, key: str = "k1") -> Reservation:
-    return Reservation(request_id="r", tenant="acme", key_id=key, model="m", tokens=tokens, quotas=quotas)
+def reservation(tokens: int, *quotas: Quota, key: str = "k1", weight: int = 1) -> Reservation:
+    return Reservation(
+        request_id="r", tenant="acme", key_id=key, model="m", tokens=tokens, quotas=quotas, weight=weight
+    )
 
 
 async def test_requests_per_minute_bucket_and_headers(store) -> None:
@@ -49,6 +51,39 @@ async def test_concurrency_slots_are_leases(store) -> None:
     assert third.reason == "max_concurrent_requests"
     await store.settle(reservation(1, conc), first.lease_id, Usage(1, 0))
     assert (await store.admit(reservation(1, conc), 30)).admitted
+
+
+async def test_a_batch_counts_its_weight_in_requests_and_concurrency_slots(store) -> None:
+    rpm = Quota("requests_per_minute", "tenant:acme", 5)
+    batch = await store.admit(reservation(1, rpm, weight=4), 30)
+    assert batch.admitted and batch.requests.remaining == 1
+    denied = await store.admit(reservation(1, rpm, weight=2), 30)
+    assert not denied.admitted and denied.reason == "requests_per_minute" and denied.retry_after_s > 0
+    never = await store.admit(reservation(1, Quota("requests_per_minute", "tenant:b", 5), weight=6), 30)
+    assert not never.admitted and never.retry_after_s == 0  # more than the limit itself: waiting will not help
+    conc = Quota("max_concurrent_requests", "tenant:c", 3)
+    held = await store.admit(reservation(1, conc, weight=2), 30)
+    assert held.admitted
+    assert not (await store.admit(reservation(1, conc, weight=2), 30)).admitted  # 2 + 2 > 3
+    single = await store.admit(reservation(1, conc), 30)
+    assert single.admitted
+    full = await store.admit(reservation(1, conc), 30)
+    assert not full.admitted and full.reason == "max_concurrent_requests" and full.retry_after_s > 0
+    too_big = await store.admit(reservation(1, conc, weight=4), 30)
+    assert not too_big.admitted and too_big.reason == "max_concurrent_requests" and too_big.retry_after_s == 0
+    await store.renew([held.lease_id], 30)  # renewal keeps every slot of the batch
+    assert not (await store.admit(reservation(1, conc), 30)).admitted
+    await store.settle(reservation(1, conc, weight=2), held.lease_id, Usage(1, 0))  # releases both
+    assert (await store.admit(reservation(1, conc, weight=2), 30)).admitted
+
+
+async def test_a_lapsed_batch_lease_releases_all_its_slots(store) -> None:
+    conc = Quota("max_concurrent_requests", "tenant:acme", 3)
+    assert (await store.admit(reservation(1, conc, weight=3), 0.2)).admitted
+    assert not (await store.admit(reservation(1, conc), 0.2)).admitted
+    await asyncio.sleep(0.4)
+    await store.renew([], 0.2)
+    assert (await store.admit(reservation(1, conc, weight=3), 0.2)).admitted
 
 
 async def test_leases_of_a_dead_holder_expire_and_renewal_keeps_them(store) -> None:

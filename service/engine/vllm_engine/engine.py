@@ -10,6 +10,7 @@ unknown-role rejection, and an in-band error when a stream fails after its 200.
 
 from __future__ import annotations
 
+import contextvars
 import os
 from pathlib import Path
 from typing import Any
@@ -43,11 +44,20 @@ from service.engine.engine_spans import wrap_do_tracing
 from service.engine.vllm_engine.anthropic import REQUEST_MODELS as ANTHROPIC_REQUEST_MODELS
 from service.engine.vllm_engine.anthropic import anthropic_handlers
 from service.engine.vllm_engine.args import engine_args
-from service.engine.vllm_engine.guard import ContextGuard, max_prompt_tokens, requested_max_tokens, trace_headers
+from service.engine.vllm_engine.guard import (
+    ContextGuard,
+    max_prompt_tokens,
+    requested_max_tokens,
+    scoped,
+    scoped_stream,
+    trace_headers,
+)
+from service.engine.vllm_engine.integrity import SpecialTokenEscaper
 from service.engine.vllm_engine.results import (
     check_roles,
     client_error,
     in_band_errors,
+    opened,
     reasoning_as_content_field,
     reasoning_as_content_fields,
     requested_tokens,
@@ -83,6 +93,7 @@ class VLLMEngine:
         self._engine: AsyncLLM | None = None
         self._handlers: dict[Operation, Any] = {}
         self.warmup_s: dict[str, float] = {}  # seconds per warmed path
+        self._escaper = SpecialTokenEscaper([])
         self._renames_reasoning = model.reasoning_parser is not None and model.reasoning_field == "reasoning_content"
 
     async def start(self) -> None:
@@ -105,6 +116,7 @@ class VLLMEngine:
         models = OpenAIServingModels(client, base_paths)
         await models.init_static_loras()
         self._handlers = self._build_handlers(client, models)
+        self._escaper = SpecialTokenEscaper.of(self._engine.get_tokenizer())
         if self._warmup:
             self.warmup_s = await warm_up(self._model, self.call)
         # As `vllm serve` does: keep the start-up heap out of full GC collections,
@@ -143,6 +155,8 @@ class VLLMEngine:
         handler = self._handlers.get(operation)
         if handler is None:
             raise errors.invalid_request(f"The model `{self.model_id}` does not support this API.", param="model")
+        if not ctx.special_tokens:
+            body = self._escaper.body(operation, body)
         if operation == "chat":
             check_roles(body)
         try:
@@ -151,20 +165,21 @@ class VLLMEngine:
             raise validation_error(error) from None
         except VLLMClientError as error:  # raised by vLLM's own validators, e.g. a structural tag
             raise client_error(error, body) from None
-        token = requested_max_tokens.set(requested_tokens(request))
-        cap = max_prompt_tokens.set(ctx.max_prompt_tokens)
-        traced = trace_headers.set(ctx.headers or None)
-        try:
-            result = await handler(request, None)
-        except Exception as error:  # noqa: BLE001 - vLLM raises its own exception types
-            result = create_error_response(error)
-        finally:
-            requested_max_tokens.reset(token)
-            max_prompt_tokens.reset(cap)
-            trace_headers.reset(traced)
-        return self._result(result, operation, body)
+        values: dict[contextvars.ContextVar[Any], Any] = {
+            requested_max_tokens: requested_tokens(request),
+            max_prompt_tokens: ctx.max_prompt_tokens,
+            trace_headers: ctx.headers or None,
+        }
+        with scoped(values):
+            try:
+                result = await handler(request, None)
+            except Exception as error:  # noqa: BLE001 - vLLM raises its own exception types
+                result = create_error_response(error)
+        return await self._result(result, operation, body, values)
 
-    def _result(self, result: Any, operation: Operation, request: dict[str, object]) -> Result:
+    async def _result(
+        self, result: Any, operation: Operation, request: dict[str, object], values: dict[Any, Any]
+    ) -> Result:
         if isinstance(result, ErrorResponse):
             raise to_api_error(result, request)
         rename = operation == "chat" and self._renames_reasoning
@@ -174,7 +189,11 @@ class VLLMEngine:
         body = getattr(result, "body", None)
         if isinstance(body, bytes):  # a starlette JSONResponse (the embedding server)
             return JSONResult(int(getattr(result, "status_code", 200)), body)
-        source = _convert_stream_to_sse_events(result) if operation == "responses" else result
+        source = result
+        if operation == "responses":
+            # The Responses server renders and generates inside its stream: the guard's values go with it,
+            # and the stream is opened to its first real event, so a refused prompt is still a 400.
+            source = await opened(scoped_stream(_convert_stream_to_sse_events(result), values), request)
         events = in_band_errors(source)
         return StreamResult(reasoning_as_content_fields(events) if rename else events)
 

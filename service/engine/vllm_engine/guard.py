@@ -6,7 +6,9 @@ The per-request values it reads are context variables set by the engine's
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from vllm.exceptions import VLLMValidationError
@@ -71,3 +73,32 @@ class ContextGuard:
         if (headers := trace_headers.get()) is not None:
             kwargs["trace_headers"] = headers
         return self._engine.encode(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def scoped(values: dict[contextvars.ContextVar[Any], Any]) -> Iterator[None]:
+    """Set each context variable for the duration of the block."""
+    tokens = [(var, var.set(value)) for var, value in values.items()]
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
+
+
+async def scoped_stream(
+    source: AsyncIterator[Any], values: dict[contextvars.ContextVar[Any], Any]
+) -> AsyncIterator[Any]:
+    """``source`` with ``values`` set while each of its steps runs.
+
+    vLLM's Responses server renders the prompt and calls ``generate`` lazily, inside the stream it
+    returns: the guard must still see this request's values then, after ``call`` has returned.
+    """
+    iterator = source.__aiter__()
+    while True:
+        with scoped(values):
+            try:
+                item = await iterator.__anext__()
+            except StopAsyncIteration:
+                return
+        yield item

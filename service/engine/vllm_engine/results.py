@@ -10,6 +10,7 @@ from typing import Any
 
 import pydantic
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+from vllm.exceptions import VLLMClientError
 
 from service.protocol import errors
 
@@ -162,3 +163,32 @@ def reasoning_as_content_field(body: bytes) -> bytes:
 async def reasoning_as_content_fields(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     async for chunk in events:
         yield chunk.replace(_REASONING_KEY, _REASONING_CONTENT_KEY)
+
+
+# Events the Responses stream sends before it has rendered the prompt or generated anything.
+_PREAMBLE = (b"event: response.created", b"event: response.in_progress")
+
+
+async def opened(source: AsyncIterator[Any], body: dict[str, object]) -> AsyncIterator[Any]:
+    """``source`` read up to its first event past the preamble: a client error until then is a 400."""
+    iterator = source.__aiter__()
+    head: list[Any] = []
+    try:
+        while True:
+            item = await iterator.__anext__()
+            head.append(item)
+            chunk = item.encode() if isinstance(item, str) else bytes(item)
+            if not chunk.lstrip().startswith(_PREAMBLE):
+                break
+    except StopAsyncIteration:
+        pass
+    except VLLMClientError as error:
+        raise client_error(error, body) from None
+    return _replayed(head, iterator)
+
+
+async def _replayed(head: list[Any], rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    for item in head:
+        yield item
+    async for item in rest:
+        yield item

@@ -9,15 +9,20 @@ store, using the store's own clock.
 Semantics every backend implements (``tests/governance/test_store.py``):
 
 * requests/minute and tokens/minute are token buckets holding at most the
-  per-minute limit and refilling at limit/60 per second; a request takes 1
-  from the request bucket and its reserved tokens from the token bucket;
+  per-minute limit and refilling at limit/60 per second; a request takes its
+  ``weight`` (1, or the number of prompts of a batch) from the request bucket
+  and its reserved tokens from the token bucket;
 * concurrency and the day/month budgets are counted over *leases*: an
-  admitted request holds a lease until it settles or the lease expires
+  admitted request holds a lease (of ``weight`` concurrency slots) until it
+  settles or the lease expires
   (``lease_ttl_s`` after the last renewal — a crashed process's leases lapse);
   the day/month budgets count settled tokens plus the reservations of live
   leases; days and months are UTC;
 * settling returns the unused part of the reservation to the token bucket,
   adds the used tokens to the budgets and to the usage table, and ends the lease;
+* a request whose weight exceeds a request or concurrency limit (or whose
+  tokens exceed the tokens-per-minute limit) is refused with ``retry_after_s``
+  0: waiting would not help;
 * a reservation carries at most one quota of each kind (``governor.effective`` makes them so);
 * kills are persistent scopes (``all``, ``model:<id>``, ``tenant:<id>``,
   ``key:<id>``) with a version that changes on every kill or revival.
@@ -63,6 +68,7 @@ class Reservation:
     model: str
     tokens: int  # worst-case tokens, reserved up front
     quotas: tuple[Quota, ...] = ()
+    weight: int = 1  # requests it counts as (the prompts of a batch) for requests/minute and concurrency
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,7 @@ def bucket_state(limit: int, level: float) -> BucketState:
 class _Lease:
     expires: float
     tokens: int
+    slots: int  # concurrency slots (the reservation's weight)
     conc: str | None
     day: tuple[str, int] | None  # (scope, day number)
     month: tuple[str, int] | None
@@ -288,14 +289,15 @@ def _decide(counters: CounterFile, reservation: Reservation, now: float) -> tupl
     _, _, day, month = _periods(int(now))
     rows: dict[str, tuple[int, list[float]]] = {}
     after: dict[str, tuple[Quota, float]] = {}
-    lease = _Lease(0.0, reservation.tokens, None, None, None)
+    weight = reservation.weight
+    lease = _Lease(0.0, reservation.tokens, weight, None, None, None)
     live = counters.holders(now)
     for quota in reservation.quotas:
         if quota.scope not in rows:
             rows[quota.scope] = _scope_row(counters, quota.scope, day, month)
         row = rows[quota.scope][1]
         if quota.kind in _RATE_KINDS:
-            need = 1 if quota.kind == "requests_per_minute" else reservation.tokens
+            need = weight if quota.kind == "requests_per_minute" else reservation.tokens
             i = RPM if quota.kind == "requests_per_minute" else TPM
             level = refill(row[i], row[i + 1], quota.limit, now)
             if need > quota.limit or level < need:
@@ -303,7 +305,9 @@ def _decide(counters: CounterFile, reservation: Reservation, now: float) -> tupl
                 return Admission(False, quota.kind, wait, **_headers(after, quota, level)), None
             after[quota.kind] = (quota, level - need)
         elif quota.kind == "max_concurrent_requests":
-            if _held(counters, live, quota.scope, CONC, None) >= quota.limit:
+            if weight > quota.limit:  # more slots than the limit: never
+                return Admission(False, quota.kind, 0.0, **_headers(after)), None
+            if _held(counters, live, quota.scope, CONC, None) + weight > quota.limit:
                 return Admission(False, quota.kind, 1.0, **_headers(after)), None
             lease.conc = quota.scope
         else:
@@ -330,7 +334,7 @@ def _hold(counters: CounterFile, me: Holder, lease: _Lease, sign: int) -> None:
     """Add (sign 1) or remove (-1) a lease from this holder's rows."""
     changes: dict[str, dict[int, tuple[float, int | None]]] = {}
     if lease.conc:
-        changes.setdefault(lease.conc, {})[CONC] = (1, None)
+        changes.setdefault(lease.conc, {})[CONC] = (lease.slots, None)
     if lease.day:
         changes.setdefault(lease.day[0], {})[DAY_HELD] = (lease.tokens, lease.day[1])
     if lease.month:

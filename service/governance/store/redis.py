@@ -9,9 +9,10 @@ client's. The semantics are ``local.py``'s; the keys (all under ``prefix``,
   when it was last set; absent = full), ``day``/``day_used``/``day_held`` and
   ``month``/``month_used``/``month_held`` (UTC ``YYYY-MM-DD`` / ``YYYY-MM``; the
   counters restart when the period changes);
-* ``lease:<id>`` hash (``tokens``, ``conc``, ``day_scope``, ``day``,
+* ``lease:<id>`` hash (``tokens``, ``slots``, ``conc``, ``day_scope``, ``day``,
   ``month_scope``, ``month``), ``leases`` sorted set (id by expiry, for the sweep)
-  and ``conc:<scope>`` sorted set (id by expiry: the live slots of a scope);
+  and ``conc:<scope>`` sorted set (member by expiry: the live slots of a scope; a
+  lease of ``slots`` n holds the members ``<id>``, ``<id>#1`` … ``<id>#<n-1>``);
 * ``hit:<name>`` hash (``rpm``/``rpm_at``), expiring once it would be full again;
 * ``kills`` hash (scope -> JSON ``{reason, actor, at}``), ``kills:version``
   counter, and the ``kills`` pub/sub channel carrying each new version;
@@ -99,28 +100,32 @@ end
 local function release(id, today, month)  -- end a lease, returning its budget holds
   redis.call('ZREM', P .. 'leases', id)
   local lk = P .. 'lease:' .. id
-  local v = redis.call('HMGET', lk, 'tokens', 'conc', 'day_scope', 'day', 'month_scope', 'month')
+  local v = redis.call('HMGET', lk, 'tokens', 'conc', 'day_scope', 'day', 'month_scope', 'month', 'slots')
   if not v[1] then return end  -- lapsed and swept: already released
   redis.call('DEL', lk)
-  if v[2] then redis.call('ZREM', P .. 'conc:' .. v[2], id) end
+  if v[2] then
+    local ck = P .. 'conc:' .. v[2]
+    redis.call('ZREM', ck, id)
+    for k = 1, (tonumber(v[7]) or 1) - 1 do redis.call('ZREM', ck, id .. '#' .. k) end
+  end
   local tokens = tonumber(v[1])
   if v[3] and v[4] == today then add(P .. 'scope:' .. v[3], 'day', today, 0, -tokens) end
   if v[5] and v[6] == month then add(P .. 'scope:' .. v[5], 'month', month, 0, -tokens) end
 end
 """
 
-# ARGV: prefix, lease ttl, tokens, lease id, then (kind, scope, limit) triples.
+# ARGV: prefix, lease ttl, tokens, lease id, weight, then (kind, scope, limit) triples.
 # -> {admitted, reason, retry_after, rpm limit, rpm level, tpm limit, tpm level, lease id}
 _ADMIT = """
-local ttl, tokens, lease = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local ttl, tokens, lease, weight = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 local now, today, month = clock()
 local rate, budget, conc, hdr = {}, {}, nil, {'', '', '', ''}
 local function deny(kind, wait) return {0, kind, num(wait), hdr[1], hdr[2], hdr[3], hdr[4], ''} end
-for i = 5, #ARGV, 3 do
+for i = 6, #ARGV, 3 do
   local kind, scope, limit = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local sk = P .. 'scope:' .. scope
   if kind == 'rpm' or kind == 'tpm' then
-    local need, h = 1, 1
+    local need, h = weight, 1
     if kind == 'tpm' then need, h = tokens, 3 end
     local lv = level(sk, kind, limit, now)
     if need > limit or lv < need then
@@ -138,19 +143,22 @@ for i = 5, #ARGV, 3 do
   end
 end
 if conc then
+  if weight > conc[2] then return deny('conc', 0) end  -- more slots than the limit: never
   local ck = P .. 'conc:' .. conc[1]
   redis.call('ZREMRANGEBYSCORE', ck, '-inf', num(now))  -- lapsed slots (renew re-adds a live lease)
-  if redis.call('ZCARD', ck) >= conc[2] then return deny('conc', 1) end
+  if redis.call('ZCARD', ck) + weight > conc[2] then return deny('conc', 1) end
 end
 for kind, r in pairs(rate) do redis.call('HSET', r[1], kind, num(r[2]), kind .. '_at', num(now)) end
 if budget.day then add(P .. 'scope:' .. budget.day, 'day', today, 0, tokens) end
 if budget.month then add(P .. 'scope:' .. budget.month, 'month', month, 0, tokens) end
 if not (conc or budget.day or budget.month) then return {1, '', '0', hdr[1], hdr[2], hdr[3], hdr[4], ''} end
 local expires = num(now + ttl)
-local fields = {'tokens', tokens, 'day', today, 'month', month}
+local fields = {'tokens', tokens, 'day', today, 'month', month, 'slots', weight}
 if conc then
   table.insert(fields, 'conc'); table.insert(fields, conc[1])
-  redis.call('ZADD', P .. 'conc:' .. conc[1], expires, lease)
+  local ck = P .. 'conc:' .. conc[1]
+  redis.call('ZADD', ck, expires, lease)
+  for k = 1, weight - 1 do redis.call('ZADD', ck, expires, lease .. '#' .. k) end
 end
 if budget.day then table.insert(fields, 'day_scope'); table.insert(fields, budget.day) end
 if budget.month then table.insert(fields, 'month_scope'); table.insert(fields, budget.month) end
@@ -192,8 +200,12 @@ for i = 4, #ARGV do
   local lk = P .. 'lease:' .. ARGV[i]
   if redis.call('EXISTS', lk) == 1 then
     redis.call('ZADD', P .. 'leases', expires, ARGV[i])
-    local c = redis.call('HGET', lk, 'conc')
-    if c then redis.call('ZADD', P .. 'conc:' .. c, expires, ARGV[i]) end
+    local c = redis.call('HMGET', lk, 'conc', 'slots')
+    if c[1] then
+      local ck = P .. 'conc:' .. c[1]
+      redis.call('ZADD', ck, expires, ARGV[i])
+      for k = 1, (tonumber(c[2]) or 1) - 1 do redis.call('ZADD', ck, expires, ARGV[i] .. '#' .. k) end
+    end
   end
 end
 local lapsed = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', num(now), 'LIMIT', 0, tonumber(ARGV[3]))
@@ -283,7 +295,8 @@ class RedisStore:
 
     async def admit(self, reservation: Reservation, lease_ttl_s: float) -> Admission:
         lease_id = uuid.uuid4().hex
-        got = await self._run("admit", lease_ttl_s, reservation.tokens, lease_id, *_quota_args(reservation))
+        r = reservation
+        got = await self._run("admit", lease_ttl_s, r.tokens, lease_id, r.weight, *_quota_args(r))
         admitted, reason, wait, rpm_limit, rpm_level, tpm_limit, tpm_level, lease = got
         headers: BucketStates = {}
         if rpm_limit != "":
