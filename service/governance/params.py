@@ -20,6 +20,7 @@ from typing import Any
 
 from service.governance.policy import REASONING_EFFORTS, Parameters
 from service.governance.refusal import Refusal
+from service.governance.thinking import cap_anthropic_effort, fit_thinking_budget
 from service.protocol.routes import CHAT, COMPLETIONS, COUNT_TOKENS, EMBEDDINGS, MESSAGES, RESPONSES, ROUTES, Route
 
 # Responses fields that pull in prompt text stored server-side, of unknown size (the first two are refused).
@@ -99,6 +100,8 @@ def shape_request(
         _cap_reasoning_effort(route, shaped, params.max_reasoning_effort)
     stream, include_usage = _shape_stream(spec, shaped)
     out = _shape_output(spec, shaped, params, max_model_len)
+    if route == MESSAGES:
+        fit_thinking_budget(shaped)
     choices = _check_choices(spec, shaped, params.max_n)
     _apply_system_prompt(route, shaped, params.system_prompt)
     if cache_salt is not None and route != EMBEDDINGS and shaped.get("cache_salt") is None:
@@ -169,6 +172,9 @@ def _cap_reasoning_effort(route: str, shaped: dict[str, Any], cap: str) -> None:
     """Lower the request's reasoning effort to ``cap``; a request naming none gets ``min(cap, medium)``."""
     if route == CHAT:
         holder, name = shaped, "reasoning_effort"
+    elif route in (MESSAGES, COUNT_TOKENS):
+        cap_anthropic_effort(shaped, cap)
+        return
     elif route == RESPONSES:
         given = shaped.get("reasoning")
         if given is not None and not isinstance(given, dict):
