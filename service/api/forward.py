@@ -140,7 +140,7 @@ class Forwarder:
                 break
             endpoint = pick(candidates)
             endpoint.inflight += 1
-            state.sent = True
+            state.sent, state.artifact = True, endpoint.artifact
             try:
                 # the client leaving or a kill also ends the wait for the response head (a non-streamed answer)
                 response = await until_disconnect(

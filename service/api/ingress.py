@@ -346,7 +346,7 @@ class IngressApp:
             raise
         finally:
             status = state.status or failed or CLIENT_CLOSED
-            usage = await ticket.close(status, state.started, reached_engine=state.sent)
+            usage = await ticket.close(status, state.started, reached_engine=state.sent, artifact=state.artifact)
             if usage is not None:
                 ctx.obs.usage = (usage.prompt_tokens, usage.completion_tokens)
             if ticket.tap is not None:

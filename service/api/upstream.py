@@ -47,6 +47,7 @@ class Endpoint:
     url: str
     replica_id: str
     inflight: int = 0
+    artifact: str | None = None  # the manifest digest of the model files the replica verified, if it did
 
 
 class UpstreamUnreachable(Exception):
@@ -113,6 +114,7 @@ class RelayState:
     status: int = 0
     started: bool = False
     sent: bool = False  # a replica has the request (it may be using the engine), and did not refuse it unprocessed
+    artifact: str | None = None  # the artifact digest of the replica it was sent to (for the audit record)
     sse: bool = False
     ended: bool = False
     dialect: Dialect = "openai"  # how an error that ends the stream in band is worded

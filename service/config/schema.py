@@ -54,6 +54,10 @@ RESERVED_ENGINE_ARGS = frozenset(
 Quantization = Literal["mxfp4", "fp8", "compressed-tensors", "awq", "gptq"]
 # vLLM's tokenizer modes used by catalog models: mistral (tekken), deepseek_v32 (V3.2's encoder).
 TokenizerMode = Literal["auto", "hf", "mistral", "deepseek_v32"]
+# Whether a replica may load a model's files only if they match an operator-signed manifest (README,
+# "Approved model artifacts"): refuse otherwise, serve with a warning, or not check at all.
+ApprovalPolicy = Literal["required", "warn", "off"]
+DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 
 
 class StrictModel(BaseModel):
@@ -243,6 +247,14 @@ class ModelConfig(StrictModel):
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
     resources: Resources = Field(default_factory=Resources)
     max_ongoing_requests: int = Field(default=256, ge=1)
+    approval: ApprovalPolicy | None = Field(
+        default=None, description="This model's approval policy; unset: the service's approval.policy."
+    )
+    signature: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The approval signature file, relative to the model folder (default model.sig) or absolute.",
+    )
 
     @field_validator("aliases")
     @classmethod
@@ -318,12 +330,48 @@ class MetricsConfig(StrictModel):
     port: int = Field(default=8002, ge=1, le=65535)
 
 
+class ApprovalConfig(StrictModel):
+    """Approved model artifacts: which keys may approve a model folder, and what no longer counts."""
+
+    policy: ApprovalPolicy | None = Field(
+        default=None,
+        description="The policy of every model entry without its own. Unset: required, except for embedded "
+        "models (the demo), which are off.",
+    )
+    keys: tuple[str, ...] = Field(
+        default=(), description="Public keys (PEM files, present on every node) whose approvals are trusted."
+    )
+    revoked: tuple[str, ...] = Field(
+        default=(),
+        description="Revoked key fingerprints and artifact (manifest) digests, sha256:<hex>, as "
+        "`paddock models verify` prints them.",
+    )
+    workers: int = Field(default=4, ge=1, le=64, description="Files hashed at once.")
+
+    @field_validator("revoked")
+    @classmethod
+    def _digests(cls, revoked: tuple[str, ...]) -> tuple[str, ...]:
+        for digest in revoked:
+            if not re.match(DIGEST_PATTERN, digest):
+                raise ValueError(f"revoked entry {digest!r} is not sha256:<64 lowercase hex digits>")
+        return revoked
+
+    def policy_for(self, model: ModelConfig) -> ApprovalPolicy:
+        """The model entry's own policy, else this one, else required (off for the embedded demo models)."""
+        if model.approval is not None:
+            return model.approval
+        if self.policy is not None:
+            return self.policy
+        return "off" if isinstance(model.source, EmbeddedSource) else "required"
+
+
 class ServiceConfig(StrictModel):
     """The whole service: one ingress, many models."""
 
     ingress: IngressConfig = Field(default_factory=IngressConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    approval: ApprovalConfig = Field(default_factory=ApprovalConfig)
     models: tuple[ModelConfig, ...] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr
+from pydantic import BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -106,9 +106,19 @@ class Settings(BaseSettings):
     )
     state_dir: Path | None = Field(default=None, description="Local governance state; none = <cache_dir>/state.")
     state_store: str = Field(
-        default="local", description="local (node-local SQLite) or redis://[:password@]host:port/db."
+        default="local",
+        description="local (node-local SQLite), or redis://host:port/db (rediss:// for TLS). The password belongs "
+        "in state_store_password_file: in the URL it would have to be percent-encoded.",
     )
-    state_store_password_file: Path | None = Field(default=None, description="Redis password, from a mounted Secret.")
+    state_store_username: str | None = Field(
+        default=None, min_length=1, description="Redis ACL user (none: the default user)."
+    )
+    state_store_password_file: Path | None = Field(
+        default=None, description="Redis password, from a mounted Secret (sent as is: any character)."
+    )
+    state_store_ca_file: Path | None = Field(
+        default=None, description="CA bundle that verifies a rediss:// state store's certificate."
+    )
     fail_open: bool = Field(default=False, description="Admit without limits when the state store is unreachable.")
     key_secret_file: Path | None = Field(default=None, description="Server secret for HMAC-SHA-256 key hashes.")
     audit_dir: Path | None = Field(default=None, description="Audit log directory; none = <state_dir>/audit.")
@@ -144,6 +154,20 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(
         default=DEFAULT_DOOR.body_timeout_s, gt=0, description="Time to send a request's body (408 after)."
     )
+
+    @model_validator(mode="after")
+    def _redis_options_need_redis(self) -> Settings:
+        redis = self.state_store.startswith(("redis://", "rediss://", "unix://"))
+        given = [
+            name
+            for name in ("state_store_username", "state_store_password_file", "state_store_ca_file")
+            if getattr(self, name) is not None
+        ]
+        if given and not redis:
+            raise ValueError(f"PADDOCK_{given[0].upper()} needs a Redis state store, not {self.state_store!r}")
+        if self.state_store_ca_file is not None and not self.state_store.startswith("rediss://"):
+            raise ValueError("PADDOCK_STATE_STORE_CA_FILE verifies TLS: the state store must be a rediss:// URL")
+        return self
 
     def door_limits(self) -> DoorLimits:
         return DoorLimits(

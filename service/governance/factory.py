@@ -17,7 +17,7 @@ from service.governance.audit import AuditLog, read_key_file
 from service.governance.governor import GovernanceOptions, Governor
 from service.governance.records import AuditTrail
 from service.governance.reload import PolicyHolder
-from service.governance.store import open_store
+from service.governance.store import RedisAuth, open_store
 from service.observability.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -69,13 +69,14 @@ def admin_token(settings: Settings) -> str:
         return ""
 
 
-def store_url(settings: Settings) -> str:
-    url = settings.state_store
+def redis_auth(settings: Settings) -> RedisAuth:
+    """The state store's Redis credentials, passed beside its URL (never spliced into it)."""
     password = _read_secret(settings.state_store_password_file)
-    if password and url.startswith(("redis://", "rediss://")) and "@" not in url:
-        scheme, rest = url.split("://", 1)
-        url = f"{scheme}://:{password.decode()}@{rest}"
-    return url
+    return RedisAuth(
+        username=settings.state_store_username,
+        password=password.decode() if password is not None else None,
+        ca_file=settings.state_store_ca_file,
+    )
 
 
 def build_governor(config: ServiceConfig, settings: Settings, metrics: ServiceMetrics, **tuning: Any) -> Governor:
@@ -91,7 +92,7 @@ def build_governor(config: ServiceConfig, settings: Settings, metrics: ServiceMe
         secret=key_secret,
         on_reload=lambda result, error: metrics.policy_reloads.labels(result).inc(),
     )
-    store = open_store(store_url(settings), settings.resolved_state_dir())
+    store = open_store(settings.state_store, settings.resolved_state_dir(), redis_auth(settings))
     writer = AuditLog(
         settings.resolved_audit_dir(),
         key=read_key_file(settings.audit_key_file) if settings.audit_key_file else None,

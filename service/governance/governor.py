@@ -264,6 +264,7 @@ class Governor:
             started,
             client,
             governor=self,
+            artifact=self.trail.artifact_of(model.id),  # as the model's replicas announced it
         )
         self._guard(ticket)
         self.active.add(ticket)
@@ -285,6 +286,7 @@ class Governor:
             lease_id=ticket.lease_id,
             started=ticket.started,
             killed_by="",
+            artifact=ticket.artifact,
         )
         guard = weakref.finalize(ticket, self._dropped, view)
         guard.atexit = False

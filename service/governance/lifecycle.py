@@ -78,6 +78,7 @@ class Ticket:
     killed_by: str = ""  # the kill's scope, e.g. "model:x"
     settled: bool = False
     outcome: Outcome = "ok"
+    artifact: str | None = None  # the served model files' manifest digest (the audit records' ``artifact``)
     stop: asyncio.Future[BaseException] = field(default_factory=_stop_future, repr=False)  # set by a kill
     disarm: Callable[[], object] | None = field(default=None, repr=False)  # detaches the drop guard once settled
 
@@ -118,13 +119,18 @@ class Ticket:
             self.outcome = "error"
             raise
 
-    async def close(self, status: int, response_started: bool, *, reached_engine: bool = False) -> Usage | None:
+    async def close(
+        self, status: int, response_started: bool, *, reached_engine: bool = False, artifact: str | None = None
+    ) -> Usage | None:
         """Settle the reservation and write the completed record; return the usage the engine reported, if any.
 
         ``reached_engine``: the request was handed to a replica that did not refuse it unprocessed (see
         :meth:`charge`). A client gone before its response started is on record as 499, whatever ``status``.
+        ``artifact``: the digest the replica it was sent to announced (else the admitted record's stays).
         """
         assert self.governor is not None
+        if artifact is not None:
+            self.artifact = artifact
         tap = self.tap
         reported = tap.usage if tap else None
         charged, basis = self.charge(reported, response_started, reached_engine)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from service.governance.audit import UtcClock, redact
@@ -44,6 +45,10 @@ def prompt_text(body: dict[str, Any]) -> str:
     return redact(json.dumps(fields, ensure_ascii=False))
 
 
+def _unknown_artifact(model_id: str) -> str | None:
+    return None
+
+
 def _charged(usage: Usage | None, charged: Usage | None, reserved: int) -> int:
     if charged is not None:
         return charged.total
@@ -51,13 +56,20 @@ def _charged(usage: Usage | None, charged: Usage | None, reserved: int) -> int:
 
 
 class AuditTrail:
-    """Builds the records and writes them through one hash-chained writer."""
+    """Builds the records and writes them through one hash-chained writer.
+
+    Request records carry ``artifact``: the manifest digest of the model files served (see
+    ``models/approval.py``). The admitted record has the one the model's replicas announced; the
+    completed record the one of the replica that had the request; ``None`` when not known (the policy
+    is ``off``, no replica was up yet, or the request was refused).
+    """
 
     def __init__(self, writer: Writer | None, metrics: ServiceMetrics) -> None:
         self._writer = writer
         self.metrics = metrics
         self._now = UtcClock()
         self._allowed = metrics.decisions.labels("allow", "admitted")  # every admitted request: bound once
+        self.artifact_of: Callable[[str], str | None] = _unknown_artifact  # set by the ingress: its directory's view
 
     def _write(self, record: dict[str, Any], echo: bool = True) -> None:
         if self._writer is None:
@@ -100,6 +112,7 @@ class AuditTrail:
                 "tenant": tenant,
                 "key_id": principal.key.id if principal else None,
                 "model": model,
+                "artifact": None,
                 "decision": "deny",
                 "reason": reason,
                 "detail": detail,
@@ -124,6 +137,7 @@ class AuditTrail:
             "tenant": tenant.id,
             "key_id": principal.key.id,
             "model": ticket.model.id,
+            "artifact": ticket.artifact,
             "decision": "allow",
             "reason": "admitted",
             "reserved_tokens": ticket.reservation.tokens,
@@ -160,6 +174,7 @@ class AuditTrail:
             "tenant": tenant,
             "key_id": ticket.principal.key.id,
             "model": model,
+            "artifact": ticket.artifact,
             "decision": "allow",
             "reason": "admitted",
             "stream": ticket.shaped.stream,

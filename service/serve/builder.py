@@ -85,9 +85,10 @@ def build_app(config: ServiceConfig, settings: Settings | None = None) -> Applic
     ingress = config.ingress
     # @serve.deployment made these classes Deployments (mypy does not follow class decorators).
     registry = Registry.bind()  # type: ignore[attr-defined]
+    approval = config.approval.model_dump(mode="json")
     models = {
         model.id: ModelServer.options(**model_options(model, ingress.drain_timeout_s)).bind(  # type: ignore[attr-defined]
-            model.model_dump(mode="json"), token, registry, int(ingress.max_body_bytes)
+            model.model_dump(mode="json"), token, registry, int(ingress.max_body_bytes), approval
         )
         for model in config.models
     }

@@ -14,7 +14,8 @@ import gc
 import logging
 import os
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import serve
@@ -24,7 +25,7 @@ from service.api.ingress import IngressApp
 from service.api.metrics_app import MetricsApp
 from service.api.replica import ReplicaApp
 from service.api.upstream import Upstream
-from service.config.schema import ModelConfig, ServiceConfig
+from service.config.schema import ApprovalConfig, ModelConfig, ServiceConfig
 from service.config.settings import DoorLimits, Settings
 from service.governance.factory import admin_token, build_governor
 from service.governance.figures import refresh_tenant_gauges
@@ -35,6 +36,9 @@ from service.observability.tracing import build_tracing, otlp_protocol, otlp_tra
 from service.serve import http
 from service.serve.autoscaling import INFLIGHT_METRIC
 from service.serve.registry import HEARTBEAT_INTERVAL_S, Announcement, RegistryDirectory, RegistryState
+
+if TYPE_CHECKING:
+    from service.models.approval import Artifact
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +72,9 @@ class Registry:
             if self._state.expire():
                 self._notify()
 
-    def heartbeat(self, model_id: str, replica_id: str, url: str) -> None:
+    def heartbeat(self, model_id: str, replica_id: str, url: str, artifact: str = "") -> None:
         before = self._state.version
-        self._state.heartbeat(Announcement(model_id, replica_id, url))
+        self._state.heartbeat(Announcement(model_id, replica_id, url, artifact))
         if self._state.version != before:
             self._notify()
 
@@ -89,13 +93,15 @@ class Registry:
 
 @serve.deployment
 class ModelServer:
-    """One replica of one model: a vLLM engine behind its own HTTP server."""
+    """One replica of one model: a vLLM engine behind its own HTTP server.
+
+    Before vLLM is even imported, the replica checks that the model folder is an approved artifact
+    (``models/approval.py``), on whichever node it starts: a refusal fails the replica's start.
+    """
 
     async def __init__(  # type: ignore[misc]  # Ray Serve awaits an async __init__
-        self, model: dict[str, Any], token: str, registry: Any, max_body_bytes: int
+        self, model: dict[str, Any], token: str, registry: Any, max_body_bytes: int, approval: dict[str, Any]
     ) -> None:
-        from service.engine.vllm_engine import VLLMEngine  # only model replicas load vLLM
-
         settings = Settings()
         configure_logging(settings.log_level, settings.log_format)
         self._model = ModelConfig.model_validate(model)
@@ -103,6 +109,9 @@ class ModelServer:
         self._replica_id = serve.get_replica_context().replica_id.unique_id
         started = time.monotonic()
         path = await asyncio.to_thread(resolve, self._model, settings.cache_dir, log.info)
+        self._artifact = await _approved(self._model, path, ApprovalConfig.model_validate(approval), settings)
+        from service.engine.vllm_engine import VLLMEngine  # only model replicas load vLLM
+
         self._tracing = build_tracing(settings.tracing, os.environ, "replica")
         otlp = (otlp_traces_endpoint(os.environ), otlp_protocol(os.environ)) if self._tracing else None
         self._engine = VLLMEngine(self._model, path, otlp)
@@ -124,7 +133,8 @@ class ModelServer:
         )
 
     async def _announce(self) -> None:
-        await self._registry.heartbeat.remote(self._model.id, self._replica_id, self._url)
+        artifact = self._artifact.digest if self._artifact else ""
+        await self._registry.heartbeat.remote(self._model.id, self._replica_id, self._url, artifact)
 
     async def _heartbeat_forever(self) -> None:
         while True:
@@ -180,6 +190,7 @@ class Ingress:
         metrics = ServiceMetrics()
         if settings.governance == "on":
             self._governor = build_governor(self._config, settings, metrics)
+            self._governor.trail.artifact_of = self._directory.artifact  # audit records name the served artifact
             await self._governor.start()
         else:
             log.warning("GOVERNANCE IS OFF: no API keys, limits, kill switch or audit. Local development only.")
@@ -233,6 +244,16 @@ class Ingress:
         await self._directory.stop()
         if self._tracing is not None:
             self._tracing.shutdown()
+
+
+async def _approved(model: ModelConfig, path: Path, approval: ApprovalConfig, settings: Settings) -> Artifact | None:
+    """The model folder, verified under its approval policy (off the event loop: hashing takes seconds)."""
+    from service.models.approval import check  # model_signing: only model replicas need it
+
+    artifact = await asyncio.to_thread(check, model, path, approval, settings.cache_dir)
+    if artifact is not None:
+        log.log(logging.INFO if artifact.approved else logging.WARNING, "model %s: %s", model.id, artifact.summary())
+    return artifact
 
 
 def _freeze_heap() -> None:

@@ -25,6 +25,7 @@ _PATH_SETTINGS = (
     "key_secret_file",
     "audit_key_file",
     "state_store_password_file",
+    "state_store_ca_file",
 )
 # Ray Serve's own control plane, tuned for a small host where the engine needs every cycle
 # (each is a default: a value already in the environment wins). The data path never goes

@@ -32,6 +32,7 @@ class Announcement:
     model_id: str
     replica_id: str
     url: str
+    artifact: str = ""  # the manifest digest of the model files it verified (models/approval.py); "": not checked
 
 
 class RegistryState:
@@ -71,7 +72,7 @@ class RegistryState:
         table: dict[str, list[dict[str, str]]] = {}
         for announcement, _ in self._entries.values():
             table.setdefault(announcement.model_id, []).append(
-                {"replica_id": announcement.replica_id, "url": announcement.url}
+                {"replica_id": announcement.replica_id, "url": announcement.url, "artifact": announcement.artifact}
             )
         return {"version": self.version, "models": table}
 
@@ -105,6 +106,11 @@ class RegistryDirectory:
         now = time.monotonic()
         return [e for e in endpoints if self._excluded.get(e.replica_id, 0.0) <= now]
 
+    def artifact(self, model_id: str) -> str | None:
+        """The artifact digest the model's replicas announced, if they agree on one (``None``: unknown)."""
+        artifacts = {e.artifact for e in self._table.get(model_id, ())}
+        return artifacts.pop() if len(artifacts) == 1 else None
+
     def report_unreachable(self, model_id: str, endpoint: Endpoint) -> None:
         """Skip a replica this ingress could not reach until the registry has had time to expire it."""
         self._excluded[endpoint.replica_id] = time.monotonic() + ENTRY_TTL_S
@@ -134,7 +140,8 @@ class RegistryDirectory:
         table: dict[str, list[Endpoint]] = {}
         for model_id, entries in snapshot["models"].items():
             table[model_id] = [
-                old.get(entry["replica_id"]) or Endpoint(url=entry["url"], replica_id=entry["replica_id"])
+                old.get(entry["replica_id"])
+                or Endpoint(url=entry["url"], replica_id=entry["replica_id"], artifact=entry.get("artifact") or None)
                 for entry in entries
             ]
         self._table = table

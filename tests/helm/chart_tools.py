@@ -103,3 +103,12 @@ def crds_dir() -> Path:
     if found is None:
         pytest.skip("CRD schemas not found (shared/crds next to the repository): CRD validation skipped")
     return found
+
+
+# Hub and catalog models are approved artifacts (approval: required): a render needs trusted public keys.
+APPROVAL_KEYS = [
+    "--set",
+    "approval.keysSecret.name=approval-keys",
+    "--set-json",
+    'approval.keysSecret.keys=["models.pub"]',
+]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chart_tools import REPO, Rendered, helm_template, parse
+from chart_tools import APPROVAL_KEYS, REPO, Rendered, helm_template, parse
 
 from service.config.loader import load_catalog_file, load_config_file
 from service.config.schema import ModelConfig, ServiceConfig
@@ -31,7 +31,8 @@ def render(path: Path, mode: str, check: bool = True, **override: Any):
     ref = {"catalog": path.stem, **override}
     if is_unpinned(path) and "revision" not in override:
         ref["revision"] = TEST_PIN
-    return helm_template([], ["--set", f"mode={mode}", "--set-json", f"models={json.dumps([ref])}"], check=check)
+    args = ["--set", f"mode={mode}", "--set-json", f"models={json.dumps([ref])}", *APPROVAL_KEYS]
+    return helm_template([], args, check=check)
 
 
 def load(tmp_path: Path, text: str, name: str) -> ServiceConfig:
@@ -115,7 +116,7 @@ def test_overrides_merge_over_the_entry(tmp_path: Path) -> None:
         "autoscaling": {"min_replicas": 2, "max_replicas": 4},
         "resources": {"tensor_parallel_size": 2, "gpu_shape": {"gpu": "H100-80GB", "gpus_per_node": 2}},
     }
-    extra = ["--set", "mode=rayservice", "--set-json", f"models={json.dumps([ref])}"]
+    extra = ["--set", "mode=rayservice", "--set-json", f"models={json.dumps([ref])}", *APPROVAL_KEYS]
     result = parse("override", helm_template([], extra).stdout)
     [model] = load(tmp_path, result.one("RayService")["spec"]["serveConfigV2"], "o.yaml").models
     entry = catalog_model(CATALOG / "gpt-oss-120b.yaml")
@@ -134,6 +135,6 @@ def test_unknown_catalog_name_and_stray_revision_fail() -> None:
 
 def test_model_worker_groups_can_be_turned_off() -> None:
     ref = json.dumps([{"catalog": "gpt-oss-20b"}])
-    extra = ["--set", "mode=rayservice", "--set", "rayService.modelWorkerGroups.enabled=false"]
+    extra = ["--set", "mode=rayservice", "--set", "rayService.modelWorkerGroups.enabled=false", *APPROVAL_KEYS]
     result = parse("off", helm_template([], [*extra, "--set-json", f"models={ref}"]).stdout)
     assert not model_groups(result)

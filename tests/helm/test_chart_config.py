@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from chart_tools import CHART, Rendered, helm_template, parse
+from chart_tools import APPROVAL_KEYS, CHART, Rendered, helm_template, parse
 from ray.serve.schema import ServeDeploySchema
 
 from service.config.loader import APP_BUILDER_IMPORT_PATH, ConfigError, load_config_file
@@ -84,7 +84,10 @@ def test_serve_config_loads_with_the_service_loader(rendered: dict[str, Rendered
 def test_both_modes_render_the_same_service_config(tmp_path: Path) -> None:
     """One set of model values: the ConfigMap and serveConfigV2 carry the same models."""
     values = tmp_path / "values.yaml"
-    values.write_text(Path(__file__).parents[2].joinpath("helm/paddock/ci/rayservice-gpu-values.yaml").read_text())
+    scenario = yaml.safe_load((CHART / "ci" / "rayservice-gpu-values.yaml").read_text())
+    # One standalone GPU pod runs the CUDA image only: the embedding model gets a slice of the GPU.
+    scenario["models"][1]["resources"]["gpus"] = 0.1
+    values.write_text(yaml.safe_dump(scenario))
     ray = parse("ray", helm_template([values]).stdout)
     alone = parse("alone", helm_template([values], ["--set", "mode=standalone"]).stdout)
     serve_config = load(tmp_path, ray.one("RayService")["spec"]["serveConfigV2"], "a.yaml")
@@ -98,7 +101,7 @@ def test_values_the_schema_allows_but_the_service_refuses_fail_in_the_loader(tmp
     model = (
         '[{"id":"m","source":{"path":"/m"},"resources":{"gpus":0,"tensor_parallel_size":2},"kv_cache_memory":"1GiB"}]'
     )
-    result = parse("bad", helm_template([], ["--set-json", f"models={model}"]).stdout)
+    result = parse("bad", helm_template([], ["--set-json", f"models={model}", *APPROVAL_KEYS]).stdout)
     with pytest.raises(ConfigError, match="> 1 needs gpus"):
         load(tmp_path, result.one("ConfigMap", "paddock-config")["data"]["paddock.yaml"], "bad.yaml")
 
@@ -140,9 +143,11 @@ def test_env_is_valid_paddock_settings(rendered: dict[str, Rendered], monkeypatc
                 assert variables["PADDOCK_GOVERNANCE_FILE"].startswith("/etc/paddock/governance/")
                 assert variables["PADDOCK_ADMIN_TOKEN_FILE"].startswith("/etc/paddock/governance/")
                 if variables["PADDOCK_STATE_STORE"] != "local":
-                    assert variables["PADDOCK_STATE_STORE"].startswith("redis://")
+                    assert variables["PADDOCK_STATE_STORE"].startswith(("redis://", "rediss://"))
                     assert "@" not in variables["PADDOCK_STATE_STORE"]
                     assert variables["PADDOCK_STATE_STORE_PASSWORD_FILE"].startswith("/etc/paddock/redis/")
+                    if "PADDOCK_STATE_STORE_CA_FILE" in variables:
+                        assert variables["PADDOCK_STATE_STORE_CA_FILE"].startswith("/etc/paddock/redis-ca/")
 
 
 def test_standalone_lets_prometheus_reach_local_ray_metrics(rendered: dict[str, Rendered]) -> None:
@@ -283,7 +288,8 @@ def test_rayservice_cluster(rendered: dict[str, Rendered]) -> None:
             assert group["rayStartParams"]["metrics-export-port"] == "8080"
             container = group["template"]["spec"]["containers"][0]
             probe = " ".join(container["readinessProbe"]["exec"]["command"])
-            assert "/api/local_raylet_healthz" in probe and "localhost:8000/-/healthz" in probe
+            # Ray >= 2.53 answers the node's health on the agent's /api/healthz (KubeRay 1.7 probes it there).
+            assert "localhost:52365/api/healthz" in probe and "localhost:8000/-/healthz" in probe
             assert container["readinessProbe"]["failureThreshold"] == 1
             assert group["template"]["spec"]["terminationGracePeriodSeconds"] > 60
             volumes = {v["name"] for v in group["template"]["spec"]["volumes"]}

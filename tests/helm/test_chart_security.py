@@ -126,11 +126,34 @@ def test_read_only_root_has_writable_mounts(rendered: dict[str, Rendered]) -> No
             assert {"/tmp", "/models/cache", "/var/lib/paddock"} <= mounts, f"{where}: {mounts}"
 
 
+TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
 def test_service_account_tokens_only_where_needed(rendered: dict[str, Rendered]) -> None:
+    """No pod automounts a token; the Ray autoscaler sidecar (which calls the Kubernetes API) alone
+    mounts the head's, as a projected volume no other container of the head mounts."""
+    heads_with_autoscaler = 0
     for result in rendered.values():
         for where, spec, sidecar in pod_templates(result):
-            expected = sidecar is not None  # the head with the Ray autoscaler calls the Kubernetes API
-            assert spec.get("automountServiceAccountToken") is expected, where
+            assert spec.get("automountServiceAccountToken") is False, where
+            projected = {v["name"]: v["projected"] for v in spec.get("volumes", []) if "projected" in v}
+            token_volumes = {
+                name for name, p in projected.items() if any("serviceAccountToken" in s for s in p["sources"])
+            }
+            for container in spec["containers"] + spec.get("initContainers", []):
+                mounted = {m["name"] for m in container.get("volumeMounts", [])}
+                assert not mounted & token_volumes, f"{where}: {container['name']} mounts the token"
+            if sidecar is None:
+                assert not token_volumes, where
+                continue
+            heads_with_autoscaler += 1
+            cluster = result.one("RayService")["spec"]["rayClusterConfig"]
+            [mount] = [m for m in cluster["autoscalerOptions"]["volumeMounts"] if m["mountPath"] == TOKEN_PATH]
+            assert mount["name"] in token_volumes and mount["readOnly"] is True, where
+            sources = projected[mount["name"]]["sources"]
+            # What the kubelet's own kube-api-access volume holds: the token, the cluster CA, the namespace.
+            assert {"serviceAccountToken", "configMap", "downwardAPI"} == {k for s in sources for k in s}
+    assert heads_with_autoscaler
 
 
 def failed_checks(directory: Path, extra: list[str]) -> list[str]:

@@ -13,7 +13,7 @@ def test_heartbeats_expire_and_versions_change_only_on_membership() -> None:
     a = Announcement("chat", "r1", "http://127.0.0.1:1")
     state.heartbeat(a, now=0)
     first = state.snapshot(now=1)
-    assert first["models"] == {"chat": [{"replica_id": "r1", "url": "http://127.0.0.1:1"}]}
+    assert first["models"] == {"chat": [{"replica_id": "r1", "url": "http://127.0.0.1:1", "artifact": ""}]}
     state.heartbeat(a, now=2)
     assert state.snapshot(now=3)["version"] == first["version"]  # same member: no churn for ingresses
     state.heartbeat(Announcement("chat", "r2", "http://127.0.0.1:2"), now=3)
@@ -79,3 +79,21 @@ async def test_wake_scales_from_zero_and_waits_for_the_announcement() -> None:
     assert not directory.endpoints("cold")
     endpoints = await asyncio.wait_for(directory.wake("cold", timeout_s=5), 5)
     assert [e.url for e in endpoints] == ["http://127.0.0.1:9"]
+
+
+async def test_directory_knows_the_artifact_each_replica_verified() -> None:
+    """Replicas announce the manifest digest they verified: the ingress's audit records name it."""
+    state = RegistryState()
+    digest, other = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    state.heartbeat(Announcement("chat", "r1", "http://127.0.0.1:1", digest))
+    state.heartbeat(Announcement("chat", "r2", "http://127.0.0.1:2", digest))
+    state.heartbeat(Announcement("free", "r3", "http://127.0.0.1:3"))  # approval off: nothing verified
+    directory = RegistryDirectory(FakeRegistryHandle(state), {})
+    await directory.refresh()
+    assert {e.artifact for e in directory.endpoints("chat")} == {digest}
+    assert directory.artifact("chat") == digest
+    assert directory.artifact("free") is None and directory.artifact("absent") is None
+    state.heartbeat(Announcement("chat", "r4", "http://127.0.0.1:4", other))  # a new approval rolling out
+    await directory.refresh()
+    assert directory.artifact("chat") is None  # replicas disagree: only each completed record can tell
+    assert {e.replica_id: e.artifact for e in directory.endpoints("chat")}["r4"] == other

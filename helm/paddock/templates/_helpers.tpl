@@ -82,17 +82,6 @@ The name of the service account to use
 {{- end }}
 {{- end }}
 
-{{/*
-The container image: repository:tag, or repository@digest.
-*/}}
-{{- define "paddock.image" -}}
-{{- if .Values.image.digest -}}
-{{ .Values.image.repository }}@{{ .Values.image.digest }}
-{{- else -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
-{{- end }}
-{{- end }}
-
 {{/* Names of the chart's objects. */}}
 {{- define "paddock.configName" -}}{{ include "paddock.fullname" . }}-config{{- end }}
 {{- define "paddock.governanceSecretName" -}}
@@ -122,6 +111,9 @@ The container image: repository:tag, or repository@digest.
 {{- define "paddock.configFile" -}}/etc/paddock/config/paddock.yaml{{- end }}
 {{- define "paddock.secretDir" -}}/etc/paddock/governance{{- end }}
 {{- define "paddock.redisSecretDir" -}}/etc/paddock/redis{{- end }}
+{{- define "paddock.redisCaDir" -}}/etc/paddock/redis-ca{{- end }}
+{{- define "paddock.hfTokenDir" -}}/etc/paddock/huggingface{{- end }}
+{{- define "paddock.approvalKeysDir" -}}/etc/paddock/approval-keys{{- end }}
 
 {{/*
 The Paddock service config (schema.py ServiceConfig) as a dict, from .Values.ingress/admin/metrics/models.
@@ -140,6 +132,14 @@ Hosts are 0.0.0.0 so the pod's Services reach them; rayservice mode caps the ing
 {{- $metrics := merge (dict "host" "0.0.0.0") (deepCopy .Values.metrics) }}
 {{- $models := (include "paddock.models" . | fromYaml).models }}
 {{- $config := dict "ingress" $ingress "admin" $admin "metrics" $metrics "models" $models }}
+{{- $approval := dict "revoked" .Values.approval.revoked "workers" .Values.approval.workers }}
+{{- with .Values.approval.policy }}{{ $_ := set $approval "policy" . }}{{ end }}
+{{- $keys := list }}
+{{- range .Values.approval.keysSecret.keys }}
+{{- $keys = append $keys (printf "%s/%s" (include "paddock.approvalKeysDir" $) .) }}
+{{- end }}
+{{- $_ := set $approval "keys" $keys }}
+{{- $_ := set $config "approval" $approval }}
 {{- toYaml $config }}
 {{- end }}
 
@@ -180,26 +180,26 @@ the model of deploy/models/NAME.yaml (files/models links there), the entry's oth
 {{- toYaml $merged }}
 {{- end }}
 
-{{/* GPUs one model's replica uses: tensor x pipeline parallel x gpus per worker (rounded up). */}}
+{{/* GPUs one model's replica uses: tensor x pipeline parallel x gpus per worker (a fraction allowed). */}}
 {{- define "paddock.modelGpus" -}}
 {{- $r := .resources | default dict }}
-{{- ceil (mulf ($r.tensor_parallel_size | default 1) ($r.pipeline_parallel_size | default 1) ($r.gpus | default 0)) | int }}
+{{- mulf ($r.tensor_parallel_size | default 1) ($r.pipeline_parallel_size | default 1) ($r.gpus | default 0) }}
 {{- end }}
 
 {{/*
-Standalone: the GPUs of the one pod, the sum over the models (each must fit one node). Fails for a
-model whose gpu_shape spans several nodes: that needs rayservice mode.
+Standalone: the GPUs of the one pod, the models' sum rounded up once (fractional GPUs share one).
+Fails for a model whose gpu_shape spans several nodes: that needs rayservice mode.
 */}}
 {{- define "paddock.standaloneGpus" -}}
-{{- $total := 0 }}
+{{- $total := 0.0 }}
 {{- range (include "paddock.models" . | fromYaml).models }}
 {{- $shape := (.resources | default dict).gpu_shape }}
 {{- if and $shape (gt (int ($shape.nodes | default 1)) 1) }}
 {{- fail (printf "model %s needs %v nodes of %v GPUs (gpu_shape): use mode rayservice" .id $shape.nodes $shape.gpus_per_node) }}
 {{- end }}
-{{- $total = add $total (include "paddock.modelGpus" . | int) }}
+{{- $total = addf $total (include "paddock.modelGpus" . | float64) }}
 {{- end }}
-{{- $total }}
+{{- ceil $total | int }}
 {{- end }}
 
 {{/* Standalone pod resources: .Values.resources, with nvidia.com/gpu from the models unless set there. */}}
@@ -255,11 +255,14 @@ groupName: {{ printf "gpu-%s" (.model.id | lower | replace "." "-" | replace "/"
 replicas: {{ mul $nodes $initial }}
 minReplicas: {{ mul $nodes $min }}
 maxReplicas: {{ mul $nodes (max $max 1) }}
-rayStartParams: {{ .spec.rayStartParams | default dict | toYaml | nindent 2 }}
+{{- /* Ray CPUs for the model's replica only: no ingress and no CPU-only model fits beside it. */}}
+{{- $cpus := toString (ceil ((.model.resources | default dict).cpus | default 1.0) | int) }}
+rayStartParams: {{ merge (deepCopy (.spec.rayStartParams | default dict)) (dict "num-cpus" $cpus) | toYaml | nindent 2 }}
 resources: {{ toYaml $resources | nindent 2 }}
 nodeSelector: {{ .spec.nodeSelector | default dict | toYaml | nindent 2 }}
 tolerations: {{ .spec.tolerations | default list | toYaml | nindent 2 }}
 affinity: {{ .spec.affinity | default dict | toYaml | nindent 2 }}
+runtimeClassName: {{ .spec.runtimeClassName | default "" | quote }}
 {{- end }}
 
 {{/*
@@ -287,6 +290,10 @@ Environment of every Paddock container (the standalone server, every Ray node): 
   value: {{ printf "%s/vllm" .Values.modelCache.mountPath | quote }}
 - name: HF_HOME
   value: {{ printf "%s/huggingface" .Values.modelCache.mountPath | quote }}
+{{- if .Values.huggingface.tokenSecret.name }}
+- name: HF_TOKEN_PATH
+  value: {{ printf "%s/%s" (include "paddock.hfTokenDir" .) .Values.huggingface.tokenSecret.key | quote }}
+{{- end }}
 {{- if .Values.governance.enabled }}
 - name: PADDOCK_GOVERNANCE
   value: "on"
@@ -307,11 +314,20 @@ Environment of every Paddock container (the standalone server, every Ray node): 
 - name: PADDOCK_AUDIT_STDOUT
   value: {{ .Values.governance.auditStdout | quote }}
 {{- if eq .Values.governance.stateStore.type "redis" }}
+{{- $redis := .Values.governance.stateStore.redis }}
 - name: PADDOCK_STATE_STORE
-  value: {{ .Values.governance.stateStore.redis.url | quote }}
-{{- if .Values.governance.stateStore.redis.existingSecret }}
+  value: {{ $redis.url | quote }}
+{{- with $redis.username }}
+- name: PADDOCK_STATE_STORE_USERNAME
+  value: {{ . | quote }}
+{{- end }}
+{{- if $redis.existingSecret }}
 - name: PADDOCK_STATE_STORE_PASSWORD_FILE
-  value: {{ printf "%s/%s" (include "paddock.redisSecretDir" .) .Values.governance.stateStore.redis.passwordKey | quote }}
+  value: {{ printf "%s/%s" (include "paddock.redisSecretDir" .) $redis.passwordKey | quote }}
+{{- end }}
+{{- if $redis.caSecret.name }}
+- name: PADDOCK_STATE_STORE_CA_FILE
+  value: {{ printf "%s/%s" (include "paddock.redisCaDir" .) $redis.caSecret.key | quote }}
 {{- end }}
 {{- else }}
 - name: PADDOCK_STATE_STORE
@@ -392,14 +408,44 @@ Environment of every Paddock container (the standalone server, every Ray node): 
   secret:
     secretName: {{ include "paddock.governanceSecretName" . }}
     defaultMode: 0440
-{{- if and (eq .Values.governance.stateStore.type "redis") .Values.governance.stateStore.redis.existingSecret }}
+{{- $redis := .Values.governance.stateStore.redis }}
+{{- if and (eq .Values.governance.stateStore.type "redis") $redis.existingSecret }}
 - name: redis-password
   secret:
-    secretName: {{ .Values.governance.stateStore.redis.existingSecret }}
+    secretName: {{ $redis.existingSecret }}
     defaultMode: 0440
     items:
-      - key: {{ .Values.governance.stateStore.redis.passwordKey }}
-        path: {{ .Values.governance.stateStore.redis.passwordKey }}
+      - key: {{ $redis.passwordKey }}
+        path: {{ $redis.passwordKey }}
+{{- end }}
+{{- if and (eq .Values.governance.stateStore.type "redis") $redis.caSecret.name }}
+- name: redis-ca
+  secret:
+    secretName: {{ $redis.caSecret.name }}
+    defaultMode: 0444
+    items:
+      - key: {{ $redis.caSecret.key }}
+        path: {{ $redis.caSecret.key }}
+{{- end }}
+{{- end }}
+{{- with .Values.huggingface.tokenSecret.name }}
+- name: hf-token
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+    items:
+      - key: {{ $.Values.huggingface.tokenSecret.key }}
+        path: {{ $.Values.huggingface.tokenSecret.key }}
+{{- end }}
+{{- with .Values.approval.keysSecret.name }}
+- name: approval-keys
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0444
+    items:
+{{- range $.Values.approval.keysSecret.keys }}
+      - key: {{ . }}
+        path: {{ . }}
 {{- end }}
 {{- end }}
 {{- with .Values.extraVolumes }}
@@ -423,56 +469,23 @@ Environment of every Paddock container (the standalone server, every Ray node): 
   mountPath: {{ include "paddock.redisSecretDir" . }}
   readOnly: true
 {{- end }}
+{{- if and (eq .Values.governance.stateStore.type "redis") .Values.governance.stateStore.redis.caSecret.name }}
+- name: redis-ca
+  mountPath: {{ include "paddock.redisCaDir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- if .Values.huggingface.tokenSecret.name }}
+- name: hf-token
+  mountPath: {{ include "paddock.hfTokenDir" . }}
+  readOnly: true
+{{- end }}
+{{- if .Values.approval.keysSecret.name }}
+- name: approval-keys
+  mountPath: {{ include "paddock.approvalKeysDir" . }}
+  readOnly: true
 {{- end }}
 {{- with .Values.extraVolumeMounts }}
 {{ toYaml . }}
-{{- end }}
-{{- end }}
-
-{{/*
-Render-time checks that the schema cannot express.
-*/}}
-{{- define "paddock.validate" -}}
-{{- if and (eq .Values.mode "standalone") (le (float64 .Values.terminationGracePeriodSeconds) (addf .Values.preStopSleepSeconds .Values.ingress.drain_timeout_s)) }}
-{{- fail (printf "terminationGracePeriodSeconds (%v) must exceed preStopSleepSeconds + ingress.drain_timeout_s (%v)" .Values.terminationGracePeriodSeconds (addf .Values.preStopSleepSeconds .Values.ingress.drain_timeout_s)) }}
-{{- end }}
-{{- if and .Values.governance.enabled (eq .Values.governance.stateStore.type "redis") (not .Values.governance.stateStore.redis.url) }}
-{{- fail "governance.stateStore.redis.url is required when governance.stateStore.type is redis" }}
-{{- end }}
-{{- if and .Values.governance.enabled .Values.governance.existingSecret (or .Values.governance.adminToken .Values.governance.keySecret.value .Values.governance.auditKey.value) }}
-{{- fail "governance.existingSecret is set: put adminToken, keySecret and auditKey in that Secret, not in values" }}
-{{- end }}
-{{- if and (eq .Values.mode "rayservice") .Values.ingress.max_replicas_per_node (ne (int .Values.ingress.max_replicas_per_node) 1) }}
-{{- fail "ingress.max_replicas_per_node must be 1 (or null) in rayservice mode: one Paddock ingress per Ray node owns the serve port, its /-/healthz and metrics port" }}
-{{- end }}
-{{- range .Values.extraEnv }}
-{{- if has .name (list "PADDOCK_HOST" "PADDOCK_PORT" "PADDOCK_ADMIN_PORT" "PADDOCK_METRICS_PORT") }}
-{{- fail (printf "extraEnv: %s would override the service config in both modes, but the chart's ports, Services and probes follow the values: set ingress, admin and metrics in values instead" .name) }}
-{{- end }}
-{{- end }}
-{{- if and .Values.tracing.enabled (not .Values.tracing.otlpEndpoint) }}
-{{- fail "tracing.otlpEndpoint is required when tracing is enabled (e.g. http://otel-collector.observability:4318)" }}
-{{- end }}
-{{- if and .Values.rayService.gcsFaultTolerance.enabled (not .Values.rayService.gcsFaultTolerance.redisAddress) }}
-{{- fail "rayService.gcsFaultTolerance.redisAddress is required when GCS fault tolerance is enabled" }}
-{{- end }}
-{{- if and .Values.monitoring.serviceMonitor.enabled (eq .Values.mode "rayservice") }}
-{{- fail "monitoring.serviceMonitor is for standalone mode; use monitoring.podMonitor in rayservice mode (every Ray pod exports metrics)" }}
-{{- end }}
-{{- if and (eq .Values.mode "standalone") .Values.monitoring.serviceMonitor.enabled .Values.monitoring.podMonitor.enabled }}
-{{- fail "enable monitoring.serviceMonitor or monitoring.podMonitor in standalone mode, not both: they would scrape the same pods twice" }}
-{{- end }}
-{{- $cache := .Values.modelCache.persistentVolumeClaim }}
-{{- $shared := or (has "ReadWriteMany" $cache.accessModes) (has "ReadOnlyMany" $cache.accessModes) }}
-{{- $manyPods := or (eq .Values.mode "rayservice") (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled }}
-{{- if and $cache.create (not $cache.existingClaim) $manyPods (not $shared) }}
-{{- fail "modelCache.persistentVolumeClaim is mounted by several pods (replicas or Ray nodes): it needs accessModes [ReadWriteMany]" }}
-{{- end }}
-{{- if and (eq .Values.mode "rayservice") (or .Values.state.persistentVolumeClaim.create .Values.state.persistentVolumeClaim.existingClaim) }}
-{{- fail "state.persistentVolumeClaim is for standalone mode: Ray pods keep local state on an emptyDir (use governance.stateStore redis, and ship the audit log from stdout)" }}
-{{- end }}
-{{- $pvc := .Values.state.persistentVolumeClaim }}
-{{- if and (eq .Values.mode "standalone") (or $pvc.create $pvc.existingClaim) (or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled) }}
-{{- fail "state.persistentVolumeClaim needs replicaCount 1 and autoscaling off: the local state is one pod's (use governance.stateStore redis for several pods)" }}
 {{- end }}
 {{- end }}

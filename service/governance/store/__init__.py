@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.governance.store.base import Store, StoreUnavailable
+from service.governance.store.base import RedisAuth, Store, StoreUnavailable
 
 
-def open_store(url: str, state_dir: Path) -> Store:
-    """``local`` (SQLite in ``state_dir``), ``sqlite:///path`` or ``redis[s]://…``."""
+def open_store(url: str, state_dir: Path, redis_auth: RedisAuth | None = None) -> Store:
+    """``local`` (SQLite in ``state_dir``), ``sqlite:///path`` or ``redis[s]://…`` (with ``redis_auth``)."""
     if url == "local":
         from service.governance.store.local import LocalStore
 
@@ -20,8 +20,8 @@ def open_store(url: str, state_dir: Path) -> Store:
     if url.startswith(("redis://", "rediss://", "unix://")):
         from service.governance.store.redis import RedisStore
 
-        return RedisStore(url)
+        return RedisStore(url, auth=redis_auth)
     raise StoreUnavailable(f"unknown state store {url!r}: use local, sqlite:///path or redis://host:port/db")
 
 
-__all__ = ["Store", "StoreUnavailable", "open_store"]
+__all__ = ["RedisAuth", "Store", "StoreUnavailable", "open_store"]

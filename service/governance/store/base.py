@@ -31,6 +31,7 @@ Semantics every backend implements (``tests/governance/test_store.py``):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol, TypedDict
 
 LimitKind = Literal[
@@ -47,6 +48,19 @@ LIMIT_KINDS: tuple[LimitKind, ...] = (
 
 class StoreUnavailable(Exception):
     """The state store could not be reached or failed: governance fails closed by default."""
+
+
+@dataclass(frozen=True)
+class RedisAuth:
+    """How a Redis store authenticates, given beside its URL: nothing here is spliced into it.
+
+    ``password`` is sent as is (``@ / # ? %`` need no encoding); ``username`` is an ACL user;
+    ``ca_file`` is the CA bundle that verifies a ``rediss://`` server.
+    """
+
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_file: Path | None = None
 
 
 @dataclass(frozen=True)

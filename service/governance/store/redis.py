@@ -45,6 +45,7 @@ from service.governance.store.base import (
     BucketStates,
     KillState,
     LimitKind,
+    RedisAuth,
     Reservation,
     StoreUnavailable,
     Usage,
@@ -259,13 +260,22 @@ def split_url(url: str) -> tuple[str, str | None, str]:
 class RedisStore:
     """Redis-backed :class:`~service.governance.store.base.Store` shared by every node."""
 
-    def __init__(self, url: str, prefix: str = "paddock:", health_check_interval_s: int = 5) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "paddock:",
+        health_check_interval_s: int = 5,
+        auth: RedisAuth | None = None,
+    ) -> None:
         client_url, url_prefix, self.url = split_url(url)
-        self._password = urlsplit(url).password
+        parts = urlsplit(url)
+        auth = auth or RedisAuth()
+        self._secrets = [secret for secret in (parts.password, auth.password) if secret]
         self.prefix = url_prefix if url_prefix is not None else prefix
         try:
             self._redis = Redis.from_url(
                 client_url,
+                **_auth_options(parts.scheme, parts.username, parts.password, auth),
                 decode_responses=True,
                 socket_connect_timeout=1,
                 socket_timeout=2,
@@ -281,8 +291,8 @@ class RedisStore:
 
     def _unavailable(self, error: BaseException) -> StoreUnavailable:
         message = str(error) or type(error).__name__
-        if self._password:
-            message = message.replace(self._password, "***")
+        for secret in self._secrets:
+            message = message.replace(secret, "***")
         return StoreUnavailable(f"governance state store {self.url}: {message}")
 
     async def _run(self, script: str, *args: Any) -> Any:
@@ -397,6 +407,24 @@ class RedisStore:
             await self._redis.aclose(close_connection_pool=True)
         except _ERRORS as error:
             raise self._unavailable(error) from error
+
+
+def _auth_options(scheme: str, url_user: str | None, url_password: str | None, auth: RedisAuth) -> dict[str, Any]:
+    """redis-py's keyword arguments for ``auth`` (a URL's own credentials would silently win over them)."""
+    if auth.password is not None and url_password:
+        raise ValueError("the Redis password is both in the URL and given separately: keep only the separate one")
+    if auth.username is not None and url_user:
+        raise ValueError("the Redis username is both in the URL and given separately: keep only the separate one")
+    options: dict[str, Any] = {}
+    if auth.username is not None:
+        options["username"] = auth.username
+    if auth.password is not None:
+        options["password"] = auth.password
+    if auth.ca_file is not None:
+        if scheme != "rediss":
+            raise ValueError("a CA bundle verifies TLS: use a rediss:// URL")
+        options["ssl_ca_certs"] = str(auth.ca_file)
+    return options
 
 
 def _quota_args(reservation: Reservation, kinds: Sequence[str] | None = None) -> list[Any]:
