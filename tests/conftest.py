@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+from hypothesis.configuration import set_hypothesis_home_dir
+
+# Hypothesis's caches (the property tests, schemathesis) go under the project's cache, not the work tree.
+set_hypothesis_home_dir(Path(__file__).resolve().parents[1] / ".cache" / "hypothesis")
 
 
 @pytest.fixture(autouse=True)

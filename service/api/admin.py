@@ -1,8 +1,10 @@
 """The admin API: kill switch, keys and usage export, on its own port.
 
-Every route but ``/health`` needs the admin token (never a
-tenant key). Kills go to the shared state store, so every ingress on every
-node applies them within a second, and they survive restarts and reloads.
+Every route but ``/health`` and ``/openapi.json`` (its OpenAPI document, made
+from the dispatch table) needs the admin token (never a tenant key). Kills go
+to the shared state store, so every ingress on every node applies them within
+a second, and they survive restarts and reloads. A method a path does not take
+is a 405 that names the ones it does (``Allow``).
 Every change is an audit record with its before and after, and so is every
 request refused for its token (action ``login_failed``).
 """
@@ -33,8 +35,10 @@ from service.governance.keys import bearer
 from service.governance.store.base import Store
 from service.protocol import errors
 from service.protocol.body import json_object
+from service.protocol.openapi import KILL_SCOPES, admin_document
+from service.protocol.routes import HEALTH, OPENAPI
 
-SCOPE_KINDS = ("all", "model", "tenant", "key")
+SCOPE_KINDS = KILL_SCOPES
 
 
 def _iso(ts: float | None) -> str | None:
@@ -46,6 +50,14 @@ class AdminApp:
         self._governor = governor
         self._store = store
         self._token = token.encode()
+        self._routes = {
+            ("GET", "/admin/v1/kills"): self._kills,
+            ("POST", "/admin/v1/disable"): self._disable,
+            ("POST", "/admin/v1/enable"): self._enable,
+            ("GET", "/admin/v1/keys"): self._keys,
+            ("GET", "/admin/v1/usage"): self._usage,
+        }
+        self._document = json.dumps(admin_document(self._routes)).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,8 +67,13 @@ class AdminApp:
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, headers: list[tuple[str, str]]) -> None:
         path, method = scope["path"], scope["method"]
-        if path == "/health":
-            await send_json(send, 200, {"status": "ok"}, headers)
+        if path in (HEALTH, OPENAPI):  # no token
+            if method not in errors.READ_METHODS:
+                raise errors.method_not_allowed(method, path, errors.READ_METHODS)
+            if path == HEALTH:
+                await send_json(send, 200, {"status": "ok"}, headers)
+            else:
+                await send_bytes(send, 200, self._document, headers=headers)
             return
         try:
             given = (bearer(sole_header(scope, b"authorization")) or "").encode()
@@ -66,16 +83,10 @@ class AdminApp:
         if not self._token or not hmac.compare_digest(given, self._token):
             self._login_failed(scope, "invalid_admin_token")
             raise errors.APIError(401, "A valid admin token is required.", code="invalid_admin_token")
-        routes = {
-            ("GET", "/admin/v1/kills"): self._kills,
-            ("POST", "/admin/v1/disable"): self._disable,
-            ("POST", "/admin/v1/enable"): self._enable,
-            ("GET", "/admin/v1/keys"): self._keys,
-            ("GET", "/admin/v1/usage"): self._usage,
-        }
-        handler = routes.get((method, path))
+        handler = self._routes.get((method, path))
         if handler is None:
-            raise errors.route_not_found(path)
+            allowed = tuple(m for m, p in self._routes if p == path)
+            raise errors.method_not_allowed(method, path, allowed) if allowed else errors.route_not_found(path)
         await handler(scope, receive, send, headers)
 
     async def _kills(self, scope: Scope, receive: Receive, send: Send, headers: list[tuple[str, str]]) -> None:

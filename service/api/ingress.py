@@ -58,11 +58,11 @@ from service.observability.requests import CLIENT_CLOSED, RequestMetrics, observ
 from service.observability.tracing import Tracing, end_request_span, request_attributes
 from service.protocol import errors
 from service.protocol.body import json_object
-from service.protocol.routes import ROUTES, Dialect
+from service.protocol.openapi import api_document
+from service.protocol.routes import HEALTH, MODELS, OPENAPI, PROBES, RAY_PROXY_HEALTH, READY, ROUTES, Dialect
 
 log = logging.getLogger(__name__)
-RAY_PROXY_HEALTH = "/-/healthz"
-_GET_ROUTES = ("/health", "/ready", RAY_PROXY_HEALTH, "/v1/models")
+_GET_ROUTES = (*PROBES, MODELS)
 
 
 class IngressApp:
@@ -86,6 +86,7 @@ class IngressApp:
         self._governor = governor
         self._trusted = [ipaddress.ip_network(net, strict=False) for net in trusted_proxies]  # PADDOCK_TRUSTED_PROXIES
         self._created = int(time.time())
+        self._document = json.dumps(api_document()).encode()  # GET /openapi.json
         self._observe = RequestMetrics(metrics or ServiceMetrics(), governed=governor is not None)
         self._tracing = tracing
         self._inflight = 0
@@ -125,38 +126,41 @@ class IngressApp:
 
     async def _dispatch(self, scope: Scope, send: Send, rid: str, headers: list[tuple[str, str]]) -> None:
         path, method = scope["path"], scope["method"]
-        if path not in _GET_ROUTES and not path.startswith("/v1/models/"):
+        if path not in _GET_ROUTES and not path.startswith(f"{MODELS}/"):
             raise errors.route_not_found(path)
-        readable = method in ("GET", "HEAD")
+        readable = method in errors.READ_METHODS
         if self._governor is None or (readable and not path.startswith("/v1/")):  # the probes: no key, no record
             if not readable:
-                raise errors.method_not_allowed(method, path)
+                raise errors.method_not_allowed(method, path, errors.READ_METHODS)
             await self._get(path, send, headers, None)
             return
         async with self._governor.intake(rid, path, self.client_address(scope)) as intake:  # refusals on the record
             if not readable:
-                raise errors.method_not_allowed(method, path)
+                raise errors.method_not_allowed(method, path, errors.READ_METHODS)
             principal = await intake.authenticate(credential(scope, "openai"))
             await self._get(path, send, headers, principal)
 
     async def _get(self, path: str, send: Send, headers: list[tuple[str, str]], principal: Principal | None) -> None:
         allowed = self._governor.allowed(principal) if self._governor and principal else None
-        if path == "/health":
+        if path == HEALTH:
             await send_json(send, 200, {"status": "ok"}, headers)
-        elif path in ("/ready", RAY_PROXY_HEALTH):
+        elif path == OPENAPI:
+            await send_bytes(send, 200, self._document, headers=headers)
+        elif path in (READY, RAY_PROXY_HEALTH):
             if self.draining or not self._directory.ready:
                 raise errors.unavailable("Paddock is not ready to accept traffic.")
             if path == RAY_PROXY_HEALTH:  # answered like Ray Serve's proxy, for KubeRay's Serve-aware probes
                 await send_bytes(send, 200, b"success", b"text/plain; charset=utf-8", headers)
             else:
                 await send_json(send, 200, {"status": "ready"}, headers)
-        elif path == "/v1/models":
+        elif path == MODELS:
             data = [self._model_card(m) for m in self._config.models if allowed is None or m.id in allowed]
             await send_json(send, 200, {"object": "list", "data": data}, headers)
         else:
-            model = self._names.get(path.removeprefix("/v1/models/"))
+            name = path.removeprefix(f"{MODELS}/")
+            model = self._names.get(name)
             if model is None or (allowed is not None and model.id not in allowed):
-                raise errors.model_not_found(path.removeprefix("/v1/models/"))
+                raise errors.model_not_found(name)
             await send_json(send, 200, self._model_card(model), headers)
 
     def _model_card(self, model: ModelConfig) -> dict[str, object]:
@@ -270,7 +274,7 @@ class IngressApp:
     def _door(self, ctx: RequestContext) -> None:
         """What refuses a request before its key is looked at (inside the intake, so it is on the record)."""
         if ctx.method != "POST":
-            raise errors.method_not_allowed(ctx.method, ctx.path)
+            raise errors.method_not_allowed(ctx.method, ctx.path, ("POST",))
         if self.draining:
             raise errors.unavailable("Paddock is shutting down; retry on another instance.")
 

@@ -39,8 +39,8 @@ class MetricsApp:
         path, method = scope["path"], scope["method"]
         if path not in ("/metrics", "/health"):
             raise errors.route_not_found(path)
-        if method not in ("GET", "HEAD"):
-            raise errors.method_not_allowed(method, path)
+        if method not in errors.READ_METHODS:
+            raise errors.method_not_allowed(method, path, errors.READ_METHODS)
         if path == "/health":
             await send_json(send, 200, {"status": "ok"}, headers)
             return

@@ -85,7 +85,7 @@ class ReplicaApp:
         if route is None:
             raise errors.route_not_found(path)
         if ctx.method != "POST":
-            raise errors.method_not_allowed(ctx.method, path)
+            raise errors.method_not_allowed(ctx.method, path, ("POST",))
         if self.inflight >= self._max_ongoing:
             raise errors.overloaded("This model replica is at its concurrency limit; retry later.")
         self.inflight += 1

@@ -194,7 +194,10 @@ def _cap_reasoning_effort(route: str, shaped: dict[str, Any], cap: str) -> None:
 
 
 def _shape_stream(spec: Route, shaped: dict[str, Any]) -> tuple[bool, bool]:
-    """Validate ``stream``/``stream_options``; make chat and completion streams carry usage for accounting."""
+    """Validate ``stream``/``stream_options``; make chat and completion streams carry usage for accounting.
+
+    Returns whether the request streams, and whether its client gets the usage event (so it is not dropped).
+    """
     if not spec.streams:
         return False, False
     stream = shaped.get("stream")
@@ -213,7 +216,9 @@ def _shape_stream(spec: Route, shaped: dict[str, Any]) -> tuple[bool, bool]:
         asked = bool(given)
     if not stream:
         return False, False
-    if spec.path == RESPONSES:  # Responses streams end with usage in response.completed
+    if spec.path == RESPONSES or "stream_options" not in spec.fields:
+        # Their streams always carry usage (Responses in response.completed, Anthropic in message_delta), and a
+        # field the route does not take is never added to what is forwarded.
         return True, True
     shaped["stream_options"] = {**(options or {}), "include_usage": True}
     return True, asked

@@ -98,8 +98,17 @@ def route_not_found(path: str) -> APIError:
     return APIError(404, f"Unknown route: {path}", code="not_found")
 
 
-def method_not_allowed(method: str, path: str) -> APIError:
-    return APIError(405, f"Method {method} is not allowed on {path}", code="method_not_allowed")
+READ_METHODS = ("GET", "HEAD")  # what a plain GET route takes
+
+
+def method_not_allowed(method: str, path: str, allowed: tuple[str, ...]) -> APIError:
+    """A 405 with the ``Allow`` header RFC 9110 requires on it: the methods ``path`` does take."""
+    return APIError(
+        405,
+        f"Method {method} is not allowed on {path}; it takes {', '.join(allowed)}.",
+        code="method_not_allowed",
+        headers={"allow": ", ".join(allowed)},
+    )
 
 
 def payload_too_large(limit: int) -> APIError:
@@ -196,6 +205,8 @@ _ANTHROPIC_TYPES = {
 }
 # Statuses Anthropic does not use, as the one it answers the same condition with.
 _ANTHROPIC_STATUS = {502: 500, 503: 529}
+# Every ``error.type`` an Anthropic-dialect error can carry (:func:`in_dialect`).
+ANTHROPIC_ERROR_TYPES = frozenset({*_ANTHROPIC_TYPES.values(), "invalid_request_error", "api_error"})
 
 
 class AnthropicAPIError(APIError):

@@ -22,6 +22,15 @@ EMBEDDINGS = "/v1/embeddings"
 MESSAGES = "/v1/messages"  # Anthropic's Messages API
 COUNT_TOKENS = "/v1/messages/count_tokens"
 
+# The API port's own GET routes, answered by the ingress (never forwarded): the probes and the document need
+# no key, the model list does.
+HEALTH = "/health"  # liveness
+READY = "/ready"  # readiness
+RAY_PROXY_HEALTH = "/-/healthz"  # answered like Ray Serve's proxy, for KubeRay's Serve-aware probes
+OPENAPI = "/openapi.json"  # the OpenAPI document of the port (``service.protocol.openapi``)
+MODELS = "/v1/models"  # and ``/v1/models/{id}``
+PROBES = (HEALTH, READY, RAY_PROXY_HEALTH, OPENAPI)
+
 
 def _words(text: str) -> frozenset[str]:
     return frozenset(text.split())

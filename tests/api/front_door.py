@@ -24,6 +24,7 @@ from service.api.ingress import IngressApp
 from service.api.replica import ReplicaApp
 from service.api.upstream import INTERNAL_TOKEN_HEADER, Endpoint, Upstream
 from service.config.loader import parse_config
+from service.config.schema import ServiceConfig
 from service.config.settings import DoorLimits, Settings
 from service.engine.fake import FakeEngine
 from service.governance.factory import build_governor
@@ -84,15 +85,26 @@ class Stack:
 
 
 async def start_stack(
-    state: Path, limits: DoorLimits, trusted_proxies: Sequence[str] = (), engine: FakeEngine | None = None
+    state: Path,
+    limits: DoorLimits,
+    trusted_proxies: Sequence[str] = (),
+    engine: FakeEngine | None = None,
+    config: ServiceConfig = CONFIG,
+    parameters: dict[str, Any] | None = None,
 ) -> Stack:
     key = new_key()
-    policy = {"tenants": [{"id": "acme", "models": ["*"], "keys": [{"id": "k1", "hash": hash_key(key)}]}]}
+    tenant = {
+        "id": "acme",
+        "models": ["*"],
+        "parameters": parameters or {},
+        "keys": [{"id": "k1", "hash": hash_key(key)}],
+    }
+    policy = {"tenants": [tenant]}
     governance = state / "governance.yaml"
     governance.write_text(yaml.safe_dump(policy))
     settings = Settings(state_dir=state, governance_file=governance, audit_stdout=False, admin_token=ADMIN_TOKEN)
     metrics = ServiceMetrics()
-    governor = build_governor(CONFIG, settings, metrics, kill_poll_s=0.05)
+    governor = build_governor(config, settings, metrics, kill_poll_s=0.05)
     await governor.start()
     engine = engine or FakeEngine(model_id="chat")
     servers = []
@@ -104,7 +116,7 @@ async def start_stack(
 
     replica = await serve(ReplicaApp(engine, INTERNAL_TOKEN, max_ongoing=1000, max_body_bytes=4 << 20))
     directory = OneReplicaDirectory(Endpoint(f"http://127.0.0.1:{replica}", "r"))
-    ingress = IngressApp(CONFIG, directory, Upstream(INTERNAL_TOKEN), governor, trusted_proxies, metrics)
+    ingress = IngressApp(config, directory, Upstream(INTERNAL_TOKEN), governor, trusted_proxies, metrics)
     api = await serve(ingress, lifespan="on")
     admin = await serve(AdminApp(governor, governor.store, ADMIN_TOKEN))
     return Stack(api, admin, replica, key, governor, engine, state, servers)

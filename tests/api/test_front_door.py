@@ -323,6 +323,30 @@ async def test_405s_are_on_the_record(stack) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("port", "method", "path", "allow"),
+    [
+        ("api", "GET", "/v1/chat/completions", "POST"),
+        ("api", "PUT", "/v1/messages", "POST"),
+        ("api", "POST", "/v1/models", "GET, HEAD"),
+        ("api", "DELETE", "/health", "GET, HEAD"),
+        ("api", "POST", "/openapi.json", "GET, HEAD"),
+        ("admin", "TRACE", "/health", "GET, HEAD"),
+        ("admin", "POST", "/openapi.json", "GET, HEAD"),
+        ("admin", "PUT", "/admin/v1/kills", "GET"),
+        ("admin", "GET", "/admin/v1/disable", "POST"),
+        ("replica", "GET", "/v1/embeddings", "POST"),
+    ],
+)
+async def test_every_405_says_in_allow_which_methods_the_path_takes(stack, port, method, path, allow) -> None:
+    """Found by the fuzzer (test_fuzzer.py, RFC 9110): 405s without ``Allow``, and the admin port answering a
+    wrong method with 404 (its token routes) or 200 (``/health``)."""
+    answer = await exchange(stack.port(port), request_head(method, path, credentials(stack, port)))
+    assert answer.status == 405 and answer.headers["allow"] == allow
+    error = json.loads(answer.body)["error"]  # OpenAI's shape, or Anthropic's on /v1/messages
+    assert error.get("code", "method_not_allowed") == "method_not_allowed" and allow in error["message"]
+
+
 async def test_a_mid_body_disconnect_is_on_the_record(stack) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", stack.api)
     head = {**credentials(stack, "api"), "content-type": "application/json", "content-length": "1000"}

@@ -252,7 +252,7 @@ async def test_a_kill_refuses_with_529_and_ends_a_running_stream_in_band(anthrop
         (errors.APIError(401, "x", type="authentication_error"), 401, "authentication_error"),
         (errors.APIError(403, "x", type="permission_error"), 403, "permission_error"),
         (errors.model_not_found("m"), 404, "not_found_error"),
-        (errors.method_not_allowed("GET", "/v1/messages"), 405, "invalid_request_error"),
+        (errors.method_not_allowed("GET", "/v1/messages", ("POST",)), 405, "invalid_request_error"),
         (errors.payload_too_large(10), 413, "request_too_large"),
         (errors.APIError(429, "x", type="insufficient_quota"), 429, "rate_limit_error"),
         (errors.internal(), 500, "api_error"),

@@ -62,6 +62,8 @@ TENANTS = [
         "parameters": {"special_tokens": "allow", "allowed_fields": ["return_token_ids"]},
     },
     {"id": "metered", "models": [CHAT], "limits": {"requests_per_minute": 2, "tokens_per_day": 100000}},
+    # The fuzzer's (test_fuzzer_e2e.py): every model, answers of at most 8 tokens, so the budget goes on requests.
+    {"id": "fuzz", "models": ["*"], "parameters": {"max_output_tokens": 8, "max_prompt_tokens": 1024, "max_batch": 4}},
 ]
 KEYS = {
     "acme": ("acme", {}),
@@ -74,6 +76,7 @@ KEYS = {
     "rawtokens": ("rawtokens", {}),
     "metered": ("metered", {}),
     "metered-kill": ("metered", {}),
+    "fuzz": ("fuzz", {}),
     "expired": ("acme", {"expires": "2020-01-01T00:00:00Z"}),
     "disabled": ("acme", {"enabled": False}),
 }

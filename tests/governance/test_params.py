@@ -20,7 +20,7 @@ from service.governance.params import (
 )
 from service.governance.policy import Parameters
 from service.governance.refusal import Refusal
-from service.protocol.routes import CHAT, COMPLETIONS, EMBEDDINGS, FIELDS, RESPONSES
+from service.protocol.routes import CHAT, COMPLETIONS, EMBEDDINGS, FIELDS, MESSAGES, RESPONSES, ROUTES
 
 MML = 4096
 USER_HI = [{"role": "user", "content": "hi"}]
@@ -368,6 +368,15 @@ def test_responses_streams_always_carry_usage() -> None:
     assert shaped.stream is True and shaped.include_usage is True
     assert "stream_options" not in shaped.body
     assert shape(RESPONSES, {"model": "m", "input": "x"}).include_usage is False
+
+
+def test_anthropic_streams_carry_usage_and_are_forwarded_without_a_field_the_route_does_not_take() -> None:
+    """Found by the property test (test_params_properties.py): a streamed /v1/messages was forwarded with an
+    OpenAI ``stream_options`` added, a field Anthropic's API does not have and the allow-list refuses from a client."""
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    shaped = shape(MESSAGES, body)
+    assert shaped.stream is True and shaped.include_usage is True  # message_delta always carries it
+    assert "stream_options" not in shaped.body and set(shaped.body) <= ROUTES[MESSAGES].fields
 
 
 @pytest.mark.parametrize("value", ["true", 1, 0, "yes", []])
