@@ -15,6 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
+from service.config.loader import load_config_file
+from service.config.schema import ServiceConfig
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "paddock"
 TOOLS = REPO / ".cache" / "tools"
@@ -112,3 +115,13 @@ APPROVAL_KEYS = [
     "--set-json",
     'approval.keysSecret.keys=["models.pub"]',
 ]
+
+
+def service_config(result: Rendered, tmp_path: Path) -> ServiceConfig:
+    """The Paddock service config a render carries (the RayService's serveConfigV2, or the ConfigMap's)."""
+    path = tmp_path / (result.name.replace("/", "-") + ".yaml")
+    if result.of_kind("RayService"):
+        path.write_text(result.one("RayService")["spec"]["serveConfigV2"])
+    else:
+        path.write_text(result.one("ConfigMap", "paddock-config")["data"]["paddock.yaml"])
+    return load_config_file(path)

@@ -5,19 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from chart_tools import APPROVAL_KEYS, helm_template, parse
+from chart_tools import APPROVAL_KEYS, Rendered, helm_template, parse, service_config
 
-from service.config.loader import load_config_file
+from service.config.schema import ServiceConfig
 
 HUB = json.dumps([{"catalog": "gpt-oss-20b"}])
 
 
-def config_of(text: str, tmp_path: Path):
+def config_of(text: str, tmp_path: Path) -> tuple[Rendered, ServiceConfig]:
     rendered = parse("approval", text)
-    [configmap] = [d for d in rendered.of_kind("ConfigMap") if "paddock.yaml" in d.get("data", {})]
-    path = tmp_path / "paddock.yaml"
-    path.write_text(configmap["data"]["paddock.yaml"])
-    return rendered, load_config_file(path)
+    return rendered, service_config(rendered, tmp_path)
 
 
 def test_a_model_that_must_be_approved_needs_keys_or_the_render_fails() -> None:

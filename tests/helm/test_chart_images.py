@@ -16,10 +16,9 @@ from typing import Any
 
 import pytest
 import yaml
-from chart_tools import APPROVAL_KEYS, CHART, Rendered, helm_template, parse
+from chart_tools import APPROVAL_KEYS, CHART, Rendered, helm_template, parse, service_config
 
-from service.config.loader import load_config_file
-from service.config.schema import EmbeddedSource, ServiceConfig
+from service.config.schema import EmbeddedSource
 
 APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
 REPOSITORY = "ghcr.io/paddock/paddock-serve"
@@ -29,15 +28,6 @@ EMBEDDING = {"id": "emb", "source": {"embedded": "all-minilm-l6-v2"}, "task": "e
 def gpus(container: dict[str, Any]) -> int:
     resources = container.get("resources", {})
     return max(int(resources.get(kind, {}).get("nvidia.com/gpu", 0)) for kind in ("requests", "limits"))
-
-
-def service_config(result: Rendered, tmp_path: Path) -> ServiceConfig:
-    path = tmp_path / (result.name.replace("/", "-") + ".yaml")
-    if result.of_kind("RayService"):
-        path.write_text(result.one("RayService")["spec"]["serveConfigV2"])
-    else:
-        path.write_text(result.one("ConfigMap", "paddock-config")["data"]["paddock.yaml"])
-    return load_config_file(path)
 
 
 def server_pods(result: Rendered) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 import yaml
-from chart_tools import REPO, SCENARIOS, Rendered, helm_template, parse
+from chart_tools import REPO, SCENARIOS, Rendered, helm_template, parse, service_config
 
-from service.config.loader import load_catalog_file, load_config_file
-from service.config.schema import ModelConfig, ServiceConfig
+from service.config.loader import load_catalog_file
+from service.config.schema import ModelConfig
 
 NODE_GROUPS: dict[str, list[dict[str, Any]]] = yaml.safe_load(Path(__file__).with_name("node_groups.yaml").read_text())
 RESOURCES = ("cpu", "memory", "ephemeral-storage", "nvidia.com/gpu")
@@ -134,15 +134,6 @@ def place(groups: list[dict[str, Any]], candidates: list[Pod]) -> list[str]:
                 needs = {r: v for r, v in candidate.requests.items() if v}
                 unplaced.append(f"{candidate.name}#{index} ({needs}, selector {candidate.node_selector})")
     return unplaced
-
-
-def service_config(result: Rendered, tmp_path: Path) -> ServiceConfig:
-    path = tmp_path / (result.name.replace("/", "-") + ".yaml")
-    if result.of_kind("RayService"):
-        path.write_text(result.one("RayService")["spec"]["serveConfigV2"])
-    else:
-        path.write_text(result.one("ConfigMap", "paddock-config")["data"]["paddock.yaml"])
-    return load_config_file(path)
 
 
 def test_every_scenario_declares_its_node_groups() -> None:

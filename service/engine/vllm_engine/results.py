@@ -162,7 +162,7 @@ def reasoning_as_content_field(body: bytes) -> bytes:
 
 async def reasoning_as_content_fields(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     async for chunk in events:
-        yield chunk.replace(_REASONING_KEY, _REASONING_CONTENT_KEY)
+        yield reasoning_as_content_field(chunk)
 
 
 # Events the Responses stream sends before it has rendered the prompt or generated anything.
