@@ -13,6 +13,7 @@ from pathlib import Path
 
 from service.cli.common import tool_settings
 from service.governance.audit import read_key_file
+from service.governance.audit_shipped import verify_shipped
 from service.governance.audit_verify import verify_paths
 
 KEY_FILE_ENV = "PADDOCK_AUDIT_KEY_FILE"  # Settings.audit_key_file
@@ -34,7 +35,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"paddock audit verify: cannot use the key file {key_file}: {error}", file=sys.stderr)
             return 1
     failed = False
-    for report in verify_paths(args.paths, key, allow_open=args.allow_open):
+    check = verify_shipped if args.shipped else verify_paths
+    for report in check(args.paths, key, allow_open=args.allow_open):
         for problem in report.problems:
             print(problem)
         if report.problems:
@@ -60,11 +62,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="check audit files' hash chains; exit 1 on any problem, 3 if checked without the key",
         description=(
             "Check each audit file's hash chain and sealed head, and the manifest of its directory: edited, "
-            "reordered, deleted or truncated records, a deleted writer file and a chain cut short fail. A "
-            "directory stands for every audit-*.jsonl in it."
+            "reordered, deleted or truncated records or segments, a deleted writer file and a chain cut short fail; "
+            "segments pruned by retention are noted, and the rest checked from the next segment's anchor. A "
+            "directory stands for every audit-*.jsonl in it. With --shipped, PATHs are output collected from "
+            "stdout (log shipping; - for standard input): each writer's records are checked as a chain."
         ),
     )
-    verify.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="audit files or audit directories")
+    verify.add_argument(
+        "paths", nargs="+", type=Path, metavar="PATH", help="audit files or directories (--shipped: collected output)"
+    )
+    verify.add_argument(
+        "--shipped",
+        action="store_true",
+        help="PATHs hold audit records collected from stdout (any prefix before each record, other lines ignored)",
+    )
     verify.add_argument(
         "--allow-open",
         action="store_true",

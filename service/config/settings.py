@@ -124,6 +124,19 @@ class Settings(BaseSettings):
     audit_dir: Path | None = Field(default=None, description="Audit log directory; none = <state_dir>/audit.")
     audit_key_file: Path | None = Field(default=None, description="HMAC key chaining the audit log.")
     audit_stdout: bool = Field(default=True, description="Also write audit records to stdout for log shipping.")
+    audit_max_file_bytes: int = Field(
+        default=64 << 20, ge=0, description="Rotate an audit segment once it holds this many bytes; 0 = never."
+    )
+    audit_rotate_interval_s: float = Field(
+        default=86400.0, ge=0, description="Also rotate at each multiple of this since the epoch (UTC); 0 = never."
+    )
+    audit_max_total_bytes: int = Field(
+        default=1 << 30, ge=0, description="Retention: prune the oldest audit segments beyond this total; 0 = none."
+    )
+    audit_max_files: int = Field(default=0, ge=0, description="Retention: at most this many audit segments; 0 = any.")
+    audit_refusal_window_s: float = Field(
+        default=10.0, ge=0, description="Identical refusals within this window are one audit record with a count."
+    )
     admin_token: SecretStr | None = Field(
         default=None, description="Admin API token (the server's, and the one `paddock admin` sends)."
     )
@@ -167,6 +180,15 @@ class Settings(BaseSettings):
             raise ValueError(f"PADDOCK_{given[0].upper()} needs a Redis state store, not {self.state_store!r}")
         if self.state_store_ca_file is not None and not self.state_store.startswith("rediss://"):
             raise ValueError("PADDOCK_STATE_STORE_CA_FILE verifies TLS: the state store must be a rediss:// URL")
+        return self
+
+    @model_validator(mode="after")
+    def _audit_retention_holds_a_segment(self) -> Settings:
+        if self.audit_max_file_bytes and 0 < self.audit_max_total_bytes < 2 * self.audit_max_file_bytes:
+            raise ValueError(
+                "PADDOCK_AUDIT_MAX_TOTAL_BYTES must be at least twice PADDOCK_AUDIT_MAX_FILE_BYTES (0: no limit): "
+                "retention keeps the open segment and at least one closed one"
+            )
         return self
 
     def door_limits(self) -> DoorLimits:

@@ -1,24 +1,25 @@
-"""The tamper-evident audit log: one hash-chained JSON Lines file per writer process.
+"""The tamper-evident audit log: one hash-chained writer per process, in rotated JSON Lines segments.
 
-The format (chains, sealed heads, the manifest) is described in
-``audit_chain.py``; verification is ``audit_verify.py`` (re-exported here).
-Each record is one line written by one ``os.write``: once ``write`` returns,
-the line is in the kernel and survives the process being killed. After each
-record the writer rewrites its sealed head in place (one ``pwrite``); a writer
-registers its chain in the directory's manifest when it opens and records its
-last record there when it closes.
+The format (chains, segments, sealed heads, the manifest) is described in
+``audit_chain.py``; verification is ``audit_verify.py`` (re-exported here);
+rotation limits and retention are ``audit_retention.py``. Each record is one
+line written by one ``os.write``: once ``write`` returns, the line is in the
+kernel and survives the process being killed. After each record the writer
+rewrites its sealed head in place (one ``pwrite``); a writer registers its
+chain in the directory's manifest when it opens, each new segment when it
+rotates, and its last record when it closes.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -27,46 +28,40 @@ from service.governance.audit_chain import (
     FORMAT,
     GENESIS,
     MANIFEST,
-    MANIFEST_WRITER,
+    NOT_ECHOED,
+    SEGMENT_END,
+    SEGMENT_START,
     START,
     WRITER_END,
+    WRITER_SEGMENT,
     WRITER_START,
+    UtcClock,
     canonical,
-    chain_path,
     digest,
     head_path,
-    key_id,
     seal,
+    segment_path,
 )
+from service.governance.audit_manifest import append_manifest
+from service.governance.audit_retention import Rotation, prune
 from service.governance.audit_verify import NO_END, Problem, verify, verify_file
 
-__all__ = ["GENESIS", "NO_END", "AuditLog", "Problem", "UtcClock", "read_key_file", "redact", "verify", "verify_file"]
+__all__ = [
+    "GENESIS",
+    "NO_END",
+    "AuditLog",
+    "Problem",
+    "Rotation",
+    "UtcClock",
+    "append_manifest",
+    "read_key_file",
+    "redact",
+    "verify",
+    "verify_file",
+]
 
 log = logging.getLogger(__name__)
-_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
-_MANIFEST_LOCK = threading.Lock()  # lockf locks the file against other processes, not against this one's threads
-_TAIL_BYTES = 64 * 1024
-
-
-class UtcClock:
-    """The time now as ``2025-01-31T12:00:00.123Z`` (UTC, milliseconds), formatting each second once.
-
-    The same text as ``datetime.now(UTC).isoformat(timespec="milliseconds")`` with ``Z`` for ``+00:00``, in about a
-    sixth of the time. Thread-safe: the cached second and its text are replaced together, as one tuple.
-    """
-
-    __slots__ = ("_second",)
-
-    def __init__(self) -> None:
-        self._second: tuple[int, str] = (-1, "")
-
-    def __call__(self) -> str:
-        second, millis = divmod(time.time_ns() // 1_000_000, 1000)
-        cached, text = self._second
-        if second != cached:
-            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._second = (second, text)
-        return text + _MILLIS[millis]
+_RETRY_S = 60.0  # after a rotation that could not open its next segment
 
 
 def default_writer_id() -> str:
@@ -89,9 +84,30 @@ def read_key_file(path: Path) -> bytes:
     return key
 
 
+def _lock_head(fd: int) -> None:
+    """Lock a writer's head for its lifetime; a retention pass probing it holds it for microseconds."""
+    for _ in range(1000):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            time.sleep(0.001)
+    log.warning("audit head %d stayed locked: retention may take this writer for a dead one", fd)
+
+
+def _open_segment(path: Path) -> int:
+    # O_EXCL: a second chain appended to an existing file would make the file fail verification.
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o640)
+
+
 class AuditLog:
-    """One writer's hash chain, appended to ``<directory>/audit-<writer_id>.jsonl``, its sealed head rewritten
-    after every record and its start and end on the directory's manifest. Thread-safe."""
+    """One writer's hash chain, appended to ``<directory>/audit-<writer_id>+<segment>.jsonl``, its sealed head
+    rewritten after every record, its start, segments and end on the directory's manifest. Thread-safe.
+
+    ``rotation`` (none: one segment, never rotated or pruned) starts a new segment by size and by time, the chain
+    running on across them, and prunes the directory's oldest segments beyond its limits. ``clock`` is the time
+    (seconds since the epoch) rotation by time follows.
+    """
 
     def __init__(
         self,
@@ -100,49 +116,77 @@ class AuditLog:
         key: bytes | None = None,
         stdout: TextIO | None = None,
         writer_id: str | None = None,
+        rotation: Rotation | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if key is not None and not key:
             raise ValueError("the audit HMAC key is empty")
         self.writer_id = sanitise_writer_id(writer_id) if writer_id is not None else default_writer_id()
         self.directory = Path(directory)
-        self.path = chain_path(self.directory, self.writer_id)
-        self._key = key
-        self._stdout = stdout
+        self._key, self._stdout, self._rotation, self._clock = key, stdout, rotation, clock
         self._lock = threading.Lock()
-        self._seq = 0
-        self._prev = GENESIS
+        self._seq, self._prev, self._unechoed = 0, GENESIS, 0
         self._pid = os.getpid()
         self._broken: str | None = None
+        self._failed_until = 0.0  # a failed rotation is tried again after _RETRY_S
         self._now = UtcClock()
+        self._alg = "sha256" if key is None else "hmac-sha256"
         self.directory.mkdir(mode=0o750, parents=True, exist_ok=True)
-        # O_EXCL: a second chain appended to an existing file would make the file fail verification.
-        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o640)
+        self.segment = 0
+        self.path = segment_path(self.directory, self.writer_id, 0)
+        self._fd: int | None = _open_segment(self.path)
         self._head: int | None = None
-        alg = "sha256" if key is None else "hmac-sha256"
+        self._new_segment()
         try:
             self._head = os.open(
                 head_path(self.directory, self.writer_id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640
             )
-            start = self.write(
-                {"event": START, "hash_alg": alg, "format": FORMAT, "host": socket.gethostname(), "pid": self._pid}
-            )
-            entry = {"event": WRITER_START, "chain_writer": self.writer_id, "file": self.path.name}
+            _lock_head(self._head)  # held while this writer runs: retention tells it is alive
+            start = self.write({"event": START, "segment": 0, **self._identity()})
+            entry = {"event": WRITER_START, "chain_writer": self.writer_id, "file": self.path.name, "segment": 0}
             append_manifest(self.directory, {**entry, "start_hash": start["hash"]}, key)
         except BaseException:
             self._close_files()
             raise
+        self._retain()
+
+    def _identity(self) -> dict[str, Any]:
+        return {"hash_alg": self._alg, "format": FORMAT, "host": socket.gethostname(), "pid": self._pid}
+
+    def _new_segment(self) -> None:
+        """The current segment is new: nothing in it yet, and rotated by time at the next period."""
+        self._size = self._records = 0
+        self._anchor_due = False
+        self._schedule()
+
+    def _schedule(self) -> None:
+        interval = self._rotation.interval_s if self._rotation else 0.0
+        self._rotate_at = (self._clock() // interval + 1) * interval if interval > 0 else float("inf")
 
     def write(self, record: dict[str, Any], *, echo: bool = True) -> dict[str, Any]:
         """Append ``record`` (plus ``writer``, ``seq``, ``prev``, ``hash``; ``time`` if missing); return it.
 
-        ``echo=False`` keeps the record off the stdout copy (it is still chained in the file).
+        ``echo=False`` keeps the record off the stdout copy (it is still chained in the file; the next record on
+        stdout says how many were kept off it, as ``not_echoed``).
         """
         full = dict(record)
         full.pop("hash", None)
+        full.pop(NOT_ECHOED, None)
         if "time" not in full:
             full["time"] = self._now()
         with self._lock:
-            return self._append(full, echo)
+            if self._anchor_due:  # a rotation whose anchor could not be written yet
+                self._open_anchor()
+            if self._clock() >= self._rotate_at:
+                if self._records > 1:  # more than the segment's first record
+                    self._rotate("time")
+                else:
+                    self._schedule()
+            self._append(full, echo)
+            limit = self._rotation.max_file_bytes if self._rotation else 0
+            if limit and self._size >= limit:
+                self._rotate("size")
+            return full
 
     def _append(self, full: dict[str, Any], echo: bool = True) -> dict[str, Any]:
         """Chain and write one record, then its sealed head; the caller holds the lock."""
@@ -153,6 +197,9 @@ class AuditLog:
         if os.getpid() != self._pid:
             raise RuntimeError("AuditLog used in a forked child: create a new AuditLog in each process")
         seq = self._seq
+        shipped = self._stdout is not None and echo
+        if shipped and self._unechoed:
+            full[NOT_ECHOED] = self._unechoed
         full["writer"], full["seq"], full["prev"] = self.writer_id, seq, self._prev
         text, data = canonical(full)
         hashed = digest(data, self._key)
@@ -162,8 +209,13 @@ class AuditLog:
             self._broken = f"{self.path}: short write ({written} of {len(line)} bytes); the chain is broken"
             raise OSError(self._broken)
         self._seq += 1
+        self._size += written
+        self._records += 1
         self._prev = full["hash"] = hashed
-        if self._stdout is not None and echo:
+        if self._stdout is not None:
+            self._unechoed = 0 if echo else self._unechoed + 1
+        if shipped:
+            assert self._stdout is not None
             self._stdout.write(text[:-1] + ',"hash":"' + hashed + '"}\n')
             self._stdout.flush()
         if self._head is not None:  # after the record: a head never names a record the file lacks
@@ -172,6 +224,64 @@ class AuditLog:
             except OSError as error:
                 raise OSError(f"{self.path}: record {seq} written, but its sealed head was not: {error}") from error
         return full
+
+    def _rotate(self, why: str) -> None:
+        """End this segment and open the next, its anchor chained to the end; then apply retention. The caller
+        holds the lock. A failure is logged, never raised: the record that asked for it is already written."""
+        if self._clock() < self._failed_until:
+            return
+        following = segment_path(self.directory, self.writer_id, self.segment + 1)
+        try:
+            fd = _open_segment(following)  # first: if it cannot be opened, this segment stays open
+        except OSError as error:
+            log.error("audit log %s: cannot open its next segment %s: %s", self.path, following.name, error)
+            self._failed_until = self._clock() + _RETRY_S
+            return
+        old, old_fd = self.path, self._fd
+        assert old_fd is not None
+        try:
+            self._append({"event": SEGMENT_END, "time": self._now(), "segment": self.segment, "reason": why})
+        except OSError as error:
+            log.error("audit log %s: could not end the segment: %s", old, error)
+            os.close(fd)
+            following.unlink(missing_ok=True)
+            self._failed_until = self._clock() + _RETRY_S
+            return
+        try:
+            os.fsync(old_fd)  # a closed segment is on disk before retention may count on it
+        except OSError as error:
+            log.error("audit log %s: fsync of the ended segment failed: %s", old, error)
+        self._fd, self.path, self.segment = fd, following, self.segment + 1
+        os.close(old_fd)
+        self._new_segment()
+        self._anchor_due = True
+        try:
+            self._open_anchor()
+        except OSError as error:  # retried before the next record, which cannot come before its anchor
+            log.error("audit log %s: could not write its anchor yet: %s", self.path, error)
+
+    def _open_anchor(self) -> None:
+        """Write the new segment's anchor, put the segment on the manifest and apply retention."""
+        anchor = self._append(
+            {"event": SEGMENT_START, "time": self._now(), "segment": self.segment, **self._identity()}
+        )
+        self._anchor_due = False
+        entry = {"event": WRITER_SEGMENT, "chain_writer": self.writer_id, "file": self.path.name}
+        try:
+            append_manifest(
+                self.directory, {**entry, "segment": self.segment, "anchor_hash": anchor["hash"]}, self._key
+            )
+        except OSError as error:  # the chain runs on; verify will say the segment is not on the manifest
+            log.error("audit manifest %s: could not record segment %s: %s", MANIFEST, self.path.name, error)
+        self._retain()
+
+    def _retain(self) -> None:
+        if self._rotation is None:
+            return
+        try:
+            prune(self.directory, self._rotation, self._key, active=self.path)
+        except OSError as error:
+            log.error("audit retention in %s failed: %s", self.directory, error)
 
     def close(self) -> None:
         """Write ``chain.end``, flush it to disk, record the end on the manifest and close the files. Idempotent."""
@@ -189,7 +299,13 @@ class AuditLog:
                 self._close_files()
 
     def _record_end(self, end: dict[str, Any]) -> None:
-        entry = {"event": WRITER_END, "chain_writer": self.writer_id, "head_seq": end["seq"], "head_hash": end["hash"]}
+        entry = {
+            "event": WRITER_END,
+            "chain_writer": self.writer_id,
+            "file": self.path.name,
+            "head_seq": end["seq"],
+            "head_hash": end["hash"],
+        }
         try:
             append_manifest(self.directory, entry, self._key)
         except OSError as error:  # the chain itself is closed and whole; verify will miss the manifest's end
@@ -198,7 +314,7 @@ class AuditLog:
     def _close_files(self) -> None:
         for fd in (self._fd, self._head):
             if fd is not None:
-                os.close(fd)
+                os.close(fd)  # (closing the head releases its lock)
         self._fd = self._head = None
 
     def __enter__(self) -> AuditLog:
@@ -206,65 +322,6 @@ class AuditLog:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def append_manifest(directory: Path, record: dict[str, Any], key: bytes | None) -> dict[str, Any]:
-    """Chain ``record`` onto ``directory``'s manifest (created with its ``chain.start`` if missing) and reseal its
-    head, under an exclusive lock shared by every process that writes there; return the record."""
-    path = directory / MANIFEST
-    with _MANIFEST_LOCK:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX)
-            seq, prev, prefix = _manifest_tail(fd)
-            now = UtcClock()()
-            lines, full = [], dict(record)
-            if seq < 0:  # a new manifest, or one whose last line is unreadable: (re)start its chain, visibly
-                first: dict[str, Any] = {"event": START, "format": FORMAT, "time": now}
-                if prev is None:
-                    first["restarted"] = True  # the verifier reports the break
-                first_line, first_hash = _manifest_line(first, 0, GENESIS, key)
-                lines.append(first_line)
-                seq, prev = 0, first_hash
-            full.setdefault("time", now)
-            assert prev is not None  # (a readable tail always has a hash)
-            line, full["hash"] = _manifest_line(full, seq + 1, prev, key)
-            lines.append(line)
-            os.write(fd, prefix + b"".join(lines))
-            head = os.open(head_path(directory, MANIFEST_WRITER), os.O_WRONLY | os.O_CREAT, 0o640)
-            try:
-                os.pwrite(head, seal(MANIFEST_WRITER, seq + 1, full["hash"], key), 0)
-            finally:
-                os.close(head)
-        finally:
-            os.close(fd)  # releases the lock
-    return full
-
-
-def _manifest_line(record: dict[str, Any], seq: int, prev: str, key: bytes | None) -> tuple[bytes, str]:
-    """``record`` chained as the manifest's ``seq``: its line and hash (the record gains the chain fields)."""
-    record.update(writer=MANIFEST_WRITER, seq=seq, prev=prev, kid=key_id(key))
-    _, data = canonical(record)
-    hashed = digest(data, key)
-    return data[:-1] + b',"hash":"' + hashed.encode() + b'"}\n', hashed
-
-
-def _manifest_tail(fd: int) -> tuple[int, str | None, bytes]:
-    """The manifest's last ``seq`` and ``hash`` (-1 and ``GENESIS`` if it is empty; -1 and ``None`` if its last
-    line is unreadable), and what to write before the next line (a newline a torn last line lacks)."""
-    size = os.fstat(fd).st_size
-    if size == 0:
-        return -1, GENESIS, b""
-    tail = os.pread(fd, min(size, _TAIL_BYTES), max(0, size - _TAIL_BYTES))
-    prefix = b"" if tail.endswith(b"\n") else b"\n"
-    try:
-        last = json.loads(tail.rstrip(b"\n").rsplit(b"\n", 1)[-1])
-        seq, hashed = last["seq"], last["hash"]
-    except (ValueError, KeyError, TypeError):
-        return -1, None, prefix
-    if prefix or not isinstance(seq, int) or not isinstance(hashed, str):
-        return -1, None, prefix
-    return seq, hashed, prefix
 
 
 REDACTED = "[REDACTED]"

@@ -3,11 +3,20 @@
 An audit directory holds, per writer process, its hash chain and that chain's
 sealed head, and one manifest for all of them:
 
-* ``audit-<writer>.jsonl``: the chain. Every record carries ``writer``, ``seq``
-  (0, 1, 2, …), ``prev`` (the previous record's ``hash``, 64 zeros for the
-  first) and ``hash``: hex SHA-256, or HMAC-SHA-256 with the audit key, over
-  the record's canonical JSON without ``hash``. It opens with ``chain.start``
-  and closes with ``chain.end``.
+* ``audit-<writer>+<segment>.jsonl`` (format 3; ``audit-<writer>.jsonl`` in
+  format 2): the chain, in segments ``000000``, ``000001``, … Every record
+  carries ``writer``, ``seq`` (0, 1, 2, … across the segments), ``prev`` (the
+  previous record's ``hash``, 64 zeros for the first) and ``hash``: hex
+  SHA-256, or HMAC-SHA-256 with the audit key, over the record's canonical
+  JSON without ``hash``. The chain opens with ``chain.start`` and closes with
+  ``chain.end``. When a segment is rotated (by size or time) it ends with
+  ``segment.end`` and the next one opens with ``segment.start``, its *anchor*:
+  the next ``seq``, with ``prev`` the hash of that ``segment.end``, so the
+  chain runs on across files and a segment pruned by retention leaves the
+  rest verifiable from their anchor.
+* A record written after records kept off the stdout copy carries
+  ``not_echoed``: how many records right before it are in the file but not on
+  stdout, so that records collected from stdout verify too (``audit_shipped.py``).
 * ``audit-<writer>.head``: the chain's *sealed head*, rewritten in place after
   every record: the last record's ``seq`` and ``hash`` and a ``mac`` over them
   and the writer id (with the key when there is one). A tail cut from an open
@@ -18,12 +27,15 @@ sealed head, and one manifest for all of them:
   and ``hash``) when it closes. A writer's file that is deleted is still named
   here. Each manifest record names the key it was hashed with (``kid``), so
   writers with different keys can share a directory. Its head is
-  ``audit.manifest.head``.
+  ``audit.manifest.head``. Format 3 adds ``writer.segment`` (a new segment's
+  file and the hash of its anchor) at each rotation, and ``writer.pruned``
+  (the segment's file and its last ``seq`` and ``hash``) before retention
+  deletes a segment.
 
-Format versions: ``chain.start`` of this format has ``"format": 2``. Format 1
-(no ``format`` field) had the same records without heads or a manifest, and
-verifies as before, with a note that a deleted file or a truncated open chain
-cannot be detected in it.
+Format versions: ``chain.start`` of this format has ``"format": 3`` (and
+``"segment": 0``). Format 2 (one file per writer, no segments) and format 1
+(no ``format`` field: no heads, no manifest) verify as before; format 1 with a
+note that a deleted file or a truncated open chain cannot be detected in it.
 """
 
 from __future__ import annotations
@@ -31,15 +43,21 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 GENESIS = "0" * 64
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
 START, END = "chain.start", "chain.end"
+SEGMENT_START, SEGMENT_END = "segment.start", "segment.end"
 WRITER_START, WRITER_END = "writer.start", "writer.end"
+WRITER_SEGMENT, WRITER_PRUNED = "writer.segment", "writer.pruned"
 CHAIN_FIELDS = ("writer", "seq", "prev", "hash")
-FORMAT = 2
+NOT_ECHOED = "not_echoed"  # on a record: how many records right before it were kept off stdout
+FORMAT = 3
 MANIFEST = "audit.manifest"
 MANIFEST_WRITER = "manifest"  # the ``writer`` of the manifest's own records
 HEAD_SIZE = 256  # a head is one space-padded line of this many bytes, rewritten in place
@@ -89,7 +107,24 @@ def key_id(key: bytes | None) -> str:
 
 
 def chain_path(directory: Path, writer: str) -> Path:
+    """A format 2 chain file (one per writer, no segments)."""
     return directory / f"audit-{writer}.jsonl"
+
+
+def segment_path(directory: Path, writer: str, segment: int) -> Path:
+    """Segment ``segment`` of ``writer``'s chain (format 3). ``+`` is not in a writer id: the name parses back."""
+    return directory / f"audit-{writer}+{segment:06d}.jsonl"
+
+
+_CHAIN_NAME = re.compile(r"audit-([A-Za-z0-9._-]+?)(?:\+([0-9]{6,}))?\.jsonl")
+
+
+def parse_chain_name(name: str) -> tuple[str, int | None] | None:
+    """``(writer, segment)`` of a chain file's name (segment ``None``: a format 2 file), or ``None``."""
+    match = _CHAIN_NAME.fullmatch(name)
+    if match is None:
+        return None
+    return match.group(1), int(match.group(2)) if match.group(2) is not None else None
 
 
 def head_path(directory: Path, writer: str) -> Path:
@@ -98,11 +133,9 @@ def head_path(directory: Path, writer: str) -> Path:
 
 
 def writer_of(path: Path) -> str | None:
-    """The writer id a chain file's name gives (``audit-<writer>.jsonl``), if it is named so."""
-    name = path.name
-    if name.startswith("audit-") and name.endswith(".jsonl") and len(name) > len("audit-.jsonl"):
-        return name[len("audit-") : -len(".jsonl")]
-    return None
+    """The writer id a chain file's name gives (``audit-<writer>[+<segment>].jsonl``), if it is named so."""
+    parsed = parse_chain_name(path.name)
+    return parsed[0] if parsed else None
 
 
 def _mac(writer: str, seq: int, last: str, key: bytes | None) -> str:
@@ -142,3 +175,28 @@ def parse_head(raw: bytes) -> Head:
     if not isinstance(seq, int) or isinstance(seq, bool) or not all(isinstance(v, str) for v in (last, kid, mac)):
         raise ValueError("not an audit head")
     return Head(seq, str(last), str(kid), str(mac))
+
+
+class UtcClock:
+    """The time now as ``2025-01-31T12:00:00.123Z`` (UTC, milliseconds), formatting each second once.
+
+    The same text as ``datetime.now(UTC).isoformat(timespec="milliseconds")`` with ``Z`` for ``+00:00``, in about a
+    sixth of the time. Thread-safe: the cached second and its text are replaced together, as one tuple.
+    """
+
+    __slots__ = ("_second",)
+
+    def __init__(self) -> None:
+        self._second: tuple[int, str] = (-1, "")
+
+    def __call__(self) -> str:
+        return self.at_ns(time.time_ns())
+
+    def at_ns(self, ns: int) -> str:
+        """The text of ``ns`` nanoseconds since the epoch."""
+        second, millis = divmod(ns // 1_000_000, 1000)
+        cached, text = self._second
+        if second != cached:
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, text)
+        return text + _MILLIS[millis]

@@ -13,7 +13,7 @@ from typing import Any
 
 from service.config.schema import ServiceConfig
 from service.config.settings import Settings
-from service.governance.audit import AuditLog, read_key_file
+from service.governance.audit import AuditLog, Rotation, read_key_file
 from service.governance.governor import GovernanceOptions, Governor
 from service.governance.records import AuditTrail
 from service.governance.reload import PolicyHolder
@@ -98,6 +98,7 @@ def build_governor(config: ServiceConfig, settings: Settings, metrics: ServiceMe
         key=read_key_file(settings.audit_key_file) if settings.audit_key_file else None,
         stdout=sys.stdout if settings.audit_stdout else None,
         writer_id=f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
+        rotation=audit_rotation(settings),
     )
     options = GovernanceOptions(
         fail_open=settings.fail_open,
@@ -107,4 +108,15 @@ def build_governor(config: ServiceConfig, settings: Settings, metrics: ServiceMe
     options = dataclasses.replace(options, **tuning)
     if settings.fail_open:
         log.warning("governance FAIL-OPEN: if the state store is unreachable, requests pass without limits")
-    return Governor(config, holder, store, AuditTrail(writer, metrics), metrics, options)
+    trail = AuditTrail(writer, metrics, refusal_window_s=settings.audit_refusal_window_s)
+    return Governor(config, holder, store, trail, metrics, options)
+
+
+def audit_rotation(settings: Settings) -> Rotation:
+    """The audit log's rotation and retention, from ``PADDOCK_AUDIT_*``."""
+    return Rotation(
+        max_file_bytes=settings.audit_max_file_bytes,
+        interval_s=settings.audit_rotate_interval_s,
+        max_total_bytes=settings.audit_max_total_bytes,
+        max_files=settings.audit_max_files,
+    )

@@ -142,6 +142,7 @@ class Governor:
             asyncio.create_task(self._listen_kills()),
             asyncio.create_task(self._renew_leases()),
             asyncio.create_task(self.policy.watch()),
+            asyncio.create_task(self.trail.flush_refusals()),
         ]
 
     async def stop(self) -> None:

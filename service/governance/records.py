@@ -1,14 +1,18 @@
 """Audit records: one per request (which is also its access-log line) and one per admin action.
 
-A refused request is one record. An admitted request's record is written in
-two parts linked by its request id: the decision before the request is
-forwarded (so a process killed with SIGKILL loses nothing it admitted), and
-the outcome — status, tokens, latency — when it ends. No prompt or completion
-text unless the tenant opted in, and then with secrets redacted.
+A refused request is one record, with a ``count`` of 1; the same refusal
+repeated within a window is one record with its count (``audit_aggregate.py``),
+so a keyless flood cannot fill the disk with them. The metrics still count
+every refusal. An admitted request's record is written in two parts linked by
+its request id: the decision before the request is forwarded (so a process
+killed with SIGKILL loses nothing it admitted), and the outcome — status,
+tokens, latency — when it ends. No prompt or completion text unless the tenant
+opted in, and then with secrets redacted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -16,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from service.governance.audit import UtcClock, redact
+from service.governance.audit_aggregate import RefusalAggregator
 from service.governance.keys import Principal
 from service.governance.store.base import Usage
 from service.observability.logs import CURRENT
@@ -64,12 +69,21 @@ class AuditTrail:
     is ``off``, no replica was up yet, or the request was refused).
     """
 
-    def __init__(self, writer: Writer | None, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self,
+        writer: Writer | None,
+        metrics: ServiceMetrics,
+        *,
+        refusal_window_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``refusal_window_s``: repeated refusals within it are one record with a count (0: each its own)."""
         self._writer = writer
         self.metrics = metrics
         self._now = UtcClock()
         self._allowed = metrics.decisions.labels("allow", "admitted")  # every admitted request: bound once
         self.artifact_of: Callable[[str], str | None] = _unknown_artifact  # set by the ingress: its directory's view
+        self.refusals = RefusalAggregator(refusal_window_s, self._write, clock=clock)
 
     def _write(self, record: dict[str, Any], echo: bool = True) -> None:
         if self._writer is None:
@@ -99,7 +113,7 @@ class AuditTrail:
             self.metrics.rate_limited.labels(tenant or "unknown", detail or reason).inc()
         if reason == "killed":
             self.metrics.killed.labels(_scope_kind(detail)).inc()
-        self._write(
+        self.refusals.offer(
             {
                 "time": self._now(),
                 "level": "info",
@@ -205,6 +219,16 @@ class AuditTrail:
             }
         )
 
+    async def flush_refusals(self, every_s: float = 1.0) -> None:
+        """Write the aggregates of refusal windows as they end, until cancelled (the governor runs this)."""
+        if self.refusals.window_s <= 0:
+            return
+        while True:
+            await asyncio.sleep(min(every_s, self.refusals.window_s))
+            self.refusals.flush_due()
+
     def close(self) -> None:
+        """Write the pending refusal aggregates, then close the writer."""
+        self.refusals.flush()
         if self._writer is not None:
             self._writer.close()

@@ -91,7 +91,10 @@ async def start_stack(
     engine: FakeEngine | None = None,
     config: ServiceConfig = CONFIG,
     parameters: dict[str, Any] | None = None,
+    refusal_window_s: float = 0.0,
 ) -> Stack:
+    """``refusal_window_s``: 0 (the default here) records every refusal on its own, as these tests attribute each
+    one; the service's default aggregates repeats (tests/api/test_audit_flood.py)."""
     key = new_key()
     tenant = {
         "id": "acme",
@@ -102,7 +105,13 @@ async def start_stack(
     policy = {"tenants": [tenant]}
     governance = state / "governance.yaml"
     governance.write_text(yaml.safe_dump(policy))
-    settings = Settings(state_dir=state, governance_file=governance, audit_stdout=False, admin_token=ADMIN_TOKEN)
+    settings = Settings(
+        state_dir=state,
+        governance_file=governance,
+        audit_stdout=False,
+        admin_token=ADMIN_TOKEN,
+        audit_refusal_window_s=refusal_window_s,
+    )
     metrics = ServiceMetrics()
     governor = build_governor(config, settings, metrics, kill_poll_s=0.05)
     await governor.start()

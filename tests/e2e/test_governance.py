@@ -264,15 +264,28 @@ def test_audit_records_and_verify(stack, tmp_path: Path) -> None:
         assert time.monotonic() < deadline, "audit record not on stdout"
         time.sleep(0.2)
 
-    (live,) = sorted((stack.state_dir / "audit").glob("*.jsonl"))
+    audit_dir = stack.state_dir / "audit"
+    live = sorted(audit_dir.glob("audit-*+000000.jsonl"))[0]  # a writer's first segment (one, unless rotated)
     paddock = str(ROOT / ".venv/bin/paddock")
 
-    def verify(path: Path) -> subprocess.CompletedProcess[str]:
+    def verify(path: Path, *options: str) -> subprocess.CompletedProcess[str]:
         # the stack writes without an audit key: intact chains exit 3 (UNAUTHENTICATED) unless allowed
-        argv = [paddock, "audit", "verify", "--allow-open", "--allow-unauthenticated", str(path)]
+        argv = [paddock, "audit", "verify", "--allow-open", "--allow-unauthenticated", *options, str(path)]
         return subprocess.run(argv, capture_output=True, text=True)
 
-    assert verify(live).returncode == 0, verify(live).stdout
+    assert verify(audit_dir).returncode == 0, verify(audit_dir).stdout
+    shipped = tmp_path / "stdout.log"  # what a log shipper collects from `paddock serve`'s output
+    shipped.write_text("".join(list(stack.log)))
+    result = verify(shipped, "--shipped")
+    assert result.returncode == 0 and "stdout:" in result.stdout, result.stdout
+    lines = shipped.read_text().splitlines(keepends=True)
+    chained = [i for i, line in enumerate(lines) if '"phase":"completed"' in line and '"hash":"' in line]
+    cut = chained[0]  # a record with more of its chain after it, lost on the way (or deleted from the log store)
+    assert len(chained) > 1
+    lost = tmp_path / "lost.log"
+    lost.write_text("".join(lines[:cut] + lines[cut + 1 :]))
+    result = verify(lost, "--shipped")
+    assert result.returncode == 1 and "lost in shipping or deleted" in result.stdout, result.stdout
     lines = live.read_text().splitlines(keepends=True)
     edited, reordered, truncated = (tmp_path / n for n in ("edited.jsonl", "reordered.jsonl", "truncated.jsonl"))
     record = json.loads(lines[1])

@@ -74,7 +74,7 @@ def rehash(records: list[str], start: int, key: bytes | None = None) -> list[str
 @pytest.mark.parametrize("key", [None, KEY])
 def test_good_chain_verifies_and_has_the_documented_format(tmp_path: Path, key: bytes | None) -> None:
     path = make_chain(tmp_path, records=3, key=key)
-    assert path.name == "audit-w1.jsonl"
+    assert path.name == "audit-w1+000000.jsonl"
     assert path.stat().st_mode & 0o777 & ~0o640 == 0
     assert verify([path], key=key) == []
     assert verify_file(path, key) == (5, [])
@@ -96,7 +96,7 @@ def test_write_returns_the_record_and_mirrors_it_to_stdout(tmp_path: Path) -> No
     written = log.write({"event": "refusal", "reason": "rate_limited", "text": "héllo \ud800"})
     log.close()
     log.close()  # idempotent
-    assert log.path.name == "audit-host_1_x.jsonl"
+    assert log.path.name == "audit-host_1_x+000000.jsonl"
     assert written["seq"] == 1 and written["writer"] == "host_1_x" and len(written["hash"]) == 64
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", written["time"])
     assert stdout.getvalue() == log.path.read_text()
@@ -299,7 +299,7 @@ def test_record_survives_sigkill_right_after_write(tmp_path: Path) -> None:
         if child.stdout is not None:
             child.stdout.close()
     assert child.returncode == -signal.SIGKILL
-    path = tmp_path / "audit-child.jsonl"
+    path = tmp_path / "audit-child+000000.jsonl"
     assert verify([path], allow_open=True) == []
     assert json.loads(lines(path)[-1])["request_id"] == "must-survive"
     assert messages(verify([path])) == [(0, NO_END)]

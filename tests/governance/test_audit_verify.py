@@ -61,10 +61,10 @@ def test_every_record_reseals_the_head_and_the_manifest_names_each_writer(tmp_pa
     assert [r["event"] for r in manifest] == [START, "writer.start", "writer.end"]
     assert manifest[0]["prev"] == GENESIS and {r["writer"] for r in manifest} == {"manifest"}
     start = json.loads(lines(log.path)[0])
-    assert start["format"] == 2
+    assert (start["format"], start["segment"], manifest[1]["segment"]) == (3, 0, 0)
     assert (manifest[1]["chain_writer"], manifest[1]["file"], manifest[1]["start_hash"]) == (
         "w1",
-        "audit-w1.jsonl",
+        "audit-w1+000000.jsonl",
         start["hash"],
     )
     end = json.loads(lines(log.path)[-1])
@@ -77,7 +77,7 @@ def test_a_deleted_writer_file_is_detected(tmp_path: Path, capsys: pytest.Captur
     gone = writer(tmp_path, "w2", key=KEY)
     gone.unlink()
     (tmp_path / "audit-w2.head").unlink()
-    expected = "audit-w2.jsonl is on the manifest but missing (deleted?)"
+    expected = "audit-w2+000000.jsonl is on the manifest but missing (deleted?)"
     assert expected in messages(verify([tmp_path], key=KEY))  # the directory
     assert expected in messages(verify(sorted(tmp_path.glob("*.jsonl")), key=KEY))  # what a shell glob still finds
     key_file = tmp_path.parent / "k"
@@ -125,7 +125,7 @@ def test_a_head_sealed_without_the_key_is_refused(tmp_path: Path) -> None:
 def forge_without_the_key(directory: Path) -> Path:
     """What someone without the key does to a keyed directory: edit a record, re-hash everything with plain
     SHA-256 (chain, head, manifest), as Paddock would have written it without a key."""
-    path = directory / "audit-w1.jsonl"
+    path = directory / "audit-w1+000000.jsonl"
     out, prev = [], GENESIS
     for line in lines(path):
         record = {k: v for k, v in json.loads(line).items() if k != "hash"}
@@ -178,11 +178,13 @@ def test_writers_with_different_keys_share_a_directory(tmp_path: Path) -> None:
     old = writer(tmp_path, "old")  # before a key was configured
     new = writer(tmp_path, "new", key=KEY)
     reports = {Path(r.path).name: r for r in verify_paths([old, new], key=KEY)}
-    assert reports["audit-new.jsonl"].problems == [] and reports[MANIFEST].problems == []
+    assert reports["audit-new+000000.jsonl"].problems == [] and reports[MANIFEST].problems == []
     assert reports[MANIFEST].notes == ["3 record(s) hashed with another key (or none): not checked with this one"]
-    assert "no record's hash matches" in reports["audit-old.jsonl"].problems[0].message  # needs no key, not this one
+    assert (
+        "no record's hash matches" in reports["audit-old+000000.jsonl"].problems[0].message
+    )  # needs no key, not this one
     keyless = {Path(r.path).name: r for r in verify_paths([old])}
-    assert keyless["audit-old.jsonl"].problems == [] and keyless[MANIFEST].problems == []
+    assert keyless["audit-old+000000.jsonl"].problems == [] and keyless[MANIFEST].problems == []
     assert keyless[MANIFEST].notes == [
         "its last record and head are hashed with another key (or none): the head is not checked",
         "2 record(s) hashed with another key (or none): not checked with this one",
@@ -192,7 +194,7 @@ def test_writers_with_different_keys_share_a_directory(tmp_path: Path) -> None:
 def test_a_foreign_record_after_keyed_ones_is_a_problem(tmp_path: Path) -> None:
     writer(tmp_path, "w1", key=KEY)
     writer(tmp_path, "w2")  # written without the key after keyed records: or by someone who has none
-    found = messages(verify([tmp_path / "audit-w1.jsonl"], key=KEY))
+    found = messages(verify([tmp_path / "audit-w1+000000.jsonl"], key=KEY))
     assert "record hashed with another key (or none) after records hashed with this one" in found
 
 
@@ -206,7 +208,7 @@ def test_format_1_chains_still_verify_with_a_note(tmp_path: Path) -> None:
         body = json.dumps(record, sort_keys=True, separators=(",", ":"))
         prev = hashlib.sha256(body.encode()).hexdigest()
         out.append(body[:-1] + f',"hash":"{prev}"}}\n')
-    path = tmp_path / "audit-old.jsonl"
+    path = tmp_path / "audit-old+000000.jsonl"
     path.write_text("".join(out))
     assert verify([path]) == []
     assert check_file(path).notes == [

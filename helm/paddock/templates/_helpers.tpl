@@ -313,6 +313,17 @@ Environment of every Paddock container (the standalone server, every Ray node): 
   value: {{ printf "%s/audit" .Values.state.mountPath | quote }}
 - name: PADDOCK_AUDIT_STDOUT
   value: {{ .Values.governance.auditStdout | quote }}
+{{- $audit := .Values.governance.audit }}
+- name: PADDOCK_AUDIT_MAX_FILE_BYTES
+  value: {{ include "paddock.bytes" $audit.maxFileSize | quote }}
+- name: PADDOCK_AUDIT_ROTATE_INTERVAL_S
+  value: {{ $audit.rotateIntervalSeconds | quote }}
+- name: PADDOCK_AUDIT_MAX_TOTAL_BYTES
+  value: {{ include "paddock.bytes" $audit.maxTotalSize | quote }}
+- name: PADDOCK_AUDIT_MAX_FILES
+  value: {{ int64 $audit.maxFiles | quote }}
+- name: PADDOCK_AUDIT_REFUSAL_WINDOW_S
+  value: {{ $audit.refusalWindowSeconds | quote }}
 {{- if eq .Values.governance.stateStore.type "redis" }}
 {{- $redis := .Values.governance.stateStore.redis }}
 - name: PADDOCK_STATE_STORE

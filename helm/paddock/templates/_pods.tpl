@@ -86,6 +86,11 @@ true
 {{- ceil (mulf (float64 $number) (get $factors $suffix)) | int64 }}
 {{- end }}
 
+{{/* A quantity in bytes (whole mebibytes, rounded up; "0" stays 0), as the PADDOCK_AUDIT_* settings take it. */}}
+{{- define "paddock.bytes" -}}
+{{- mul (include "paddock.mebibytes" . | int64) 1048576 }}
+{{- end }}
+
 {{/* Whether the model cache / the state directory is a claim (else an emptyDir): "true" or "". */}}
 {{- define "paddock.cacheClaimed" -}}
 {{- if or .Values.modelCache.persistentVolumeClaim.create .Values.modelCache.persistentVolumeClaim.existingClaim }}true{{ end }}

@@ -45,6 +45,7 @@ Render-time checks that the schema cannot express.
 {{- fail "state.persistentVolumeClaim needs replicaCount 1 and autoscaling off: the local state is one pod's (use governance.stateStore redis for several pods)" }}
 {{- end }}
 {{- include "paddock.validateStateStore" . }}
+{{- include "paddock.validateAudit" . }}
 {{- include "paddock.validateImages" . }}
 {{- if eq .Values.mode "rayservice" }}
 {{- include "paddock.validateRayService" . }}
@@ -158,5 +159,41 @@ the Ray nodes that run an ingress replica (one per node).
 {{- if lt $cpuNodes (int .Values.ingress.replicas) }}
 {{- $cpuOnly := include "paddock.cpuOnlyModels" . }}
 {{- fail (printf "ingress.replicas %d needs as many CPU worker nodes (one ingress per node; GPU workers hold their model only), but the CPU groups of rayService.workerGroups reach %d (maxReplicas)%s: add or grow a group without nvidia.com/gpu" (int .Values.ingress.replicas) $cpuNodes (ternary (printf "; they also run the CPU-only models %s" $cpuOnly) "" (ne $cpuOnly ""))) }}
+{{- end }}
+{{- end }}
+
+{{/* The audit log fits its volume: retention's total plus one open segment per ingress process of a pod. */}}
+{{- define "paddock.validateAudit" -}}
+{{- if .Values.governance.enabled }}
+{{- $audit := .Values.governance.audit }}
+{{- $file := include "paddock.mebibytes" $audit.maxFileSize | int64 }}
+{{- $total := include "paddock.mebibytes" $audit.maxTotalSize | int64 }}
+{{- if and (gt $file 0) (gt $total 0) (lt $total (mul 2 $file)) }}
+{{- fail (printf "governance.audit.maxTotalSize (%v) must be at least twice maxFileSize (%v): retention keeps the open segment and at least one closed one" $audit.maxTotalSize $audit.maxFileSize) }}
+{{- end }}
+{{- $pvc := .Values.state.persistentVolumeClaim }}
+{{- $volume := "" }}
+{{- if not (include "paddock.stateClaimed" .) }}
+{{- $volume = .Values.state.emptyDirSizeLimit }}
+{{- else if and $pvc.create (not $pvc.existingClaim) }}
+{{- $volume = $pvc.size }}
+{{- end }}
+{{- if $volume }}
+{{- /* ingress processes per pod: standalone runs every ingress replica in its pod unless max_replicas_per_node caps it; a Ray node one */}}
+{{- $writers := 1 }}
+{{- if eq .Values.mode "standalone" }}
+{{- $writers = int .Values.ingress.replicas }}
+{{- with .Values.ingress.max_replicas_per_node }}{{ $writers = min $writers (int .) }}{{ end }}
+{{- end }}
+{{- $where := ternary "state.emptyDirSizeLimit" "state.persistentVolumeClaim.size" (not (include "paddock.stateClaimed" .)) }}
+{{- if eq $total 0 }}
+{{- fail (printf "governance.audit.maxTotalSize 0 (no retention) would let the audit log fill %s (%v) until the pod is evicted: set a total (e.g. 1Gi) and ship the records from stdout" $where $volume) }}
+{{- end }}
+{{- $limit := include "paddock.mebibytes" $volume | int64 }}
+{{- $needed := add $total (mul $writers $file) }}
+{{- if gt (mul $needed 10) (mul $limit 9) }}
+{{- fail (printf "governance.audit: maxTotalSize (%v) plus an open segment (maxFileSize %v) for each of the pod's %d ingress processes needs %d Mi, over 90%% of %s (%v): lower them, or raise %s" $audit.maxTotalSize $audit.maxFileSize $writers $needed $where $volume $where) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end }}
