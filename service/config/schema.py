@@ -158,20 +158,30 @@ class GpuShape(StrictModel):
 
 
 class Resources(StrictModel):
-    """What one replica reserves from Ray, and how its GPUs are grouped.
+    """What one replica reserves from Ray, and how its tensor- and pipeline-parallel workers are placed.
 
-    A replica runs ``tensor_parallel_size x pipeline_parallel_size`` GPU workers, each with ``gpus``.
+    A replica runs ``tensor_parallel_size x pipeline_parallel_size`` workers: on GPUs, one whole GPU
+    each; on CPUs (``gpus: 0``), processes of the replica on its own node. Where they run follows from
+    ``placement_strategy`` (``service/serve/placement.py``; docs/models.md, "Tensor and pipeline
+    parallelism"): STRICT_PACK keeps them on the replica's node (vLLM's multiprocessing executor),
+    PACK or SPREAD lets them cross nodes (vLLM's Ray executor, one placement-group bundle per worker).
     """
 
     cpus: float = Field(default=1.0, ge=0)
-    gpus: float = Field(default=0.0, ge=0, description="GPUs of each GPU worker (the replica is the first).")
+    gpus: float = Field(
+        default=0.0, ge=0, description="GPUs of each worker: 1 when tensor_parallel_size x pipeline_parallel_size > 1."
+    )
     memory: ByteSize | None = Field(default=None, description="Ray memory reservation.")
     tensor_parallel_size: int = Field(default=1, ge=1)
     pipeline_parallel_size: int = Field(default=1, ge=1, description="Pipeline stages, usually one per node.")
     enable_expert_parallel: bool = Field(
         default=False, description="MoE experts sharded across the TP x PP workers instead of tensor-split."
     )
-    placement_strategy: Literal["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"] = "STRICT_PACK"
+    placement_strategy: Literal["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"] | None = Field(
+        default=None,
+        description="Unset: STRICT_PACK (one node) unless the replica spans nodes (pipeline_parallel_size > 1, "
+        "or gpu_shape.nodes > 1 on GPUs), then PACK.",
+    )
     accelerator_type: str | None = Field(
         default=None, description="Ray accelerator type the replica must run on (e.g. H100); unset: any GPU."
     )
@@ -181,14 +191,42 @@ class Resources(StrictModel):
 
     @property
     def gpu_workers(self) -> int:
-        """How many GPU workers one replica runs: tensor x pipeline parallel."""
+        """How many workers one replica runs: tensor x pipeline parallel (GPUs, or CPU processes)."""
         return self.tensor_parallel_size * self.pipeline_parallel_size
 
+    @property
+    def strategy(self) -> Literal["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"]:
+        """The placement strategy in force: the field, else one node unless the replica spans nodes."""
+        if self.placement_strategy is not None:
+            return self.placement_strategy
+        if self.gpus == 0:
+            return "STRICT_PACK"
+        nodes = self.gpu_shape.nodes if self.gpu_shape else (1 if self.pipeline_parallel_size == 1 else 2)
+        return "STRICT_PACK" if nodes == 1 else "PACK"
+
+    @property
+    def executor(self) -> Literal["mp", "ray"] | None:
+        """vLLM's distributed executor: none for one worker, processes of the replica when every worker
+        shares its node (STRICT_PACK, and always on CPUs), Ray actors in the placement group otherwise."""
+        if self.gpu_workers == 1:
+            return None
+        return "mp" if self.strategy == "STRICT_PACK" else "ray"
+
     @model_validator(mode="after")
-    def _parallel_needs_gpus(self) -> Resources:
-        if self.gpu_workers > 1 and self.gpus < 1:
-            which = "tensor_parallel_size" if self.tensor_parallel_size > 1 else "pipeline_parallel_size"
-            raise ValueError(f"{which} > 1 needs gpus >= 1 per worker")
+    def _parallel_workers_fit(self) -> Resources:
+        if self.gpu_workers == 1:
+            return self
+        if self.gpus > 0 and self.gpus != 1:
+            raise ValueError(
+                f"tensor_parallel_size x pipeline_parallel_size > 1: each worker is one whole GPU, set gpus: 1 "
+                f"(not {self.gpus:g}); vLLM's Ray executor refuses a placement-group bundle of more than one GPU"
+            )
+        if self.gpus == 0 and self.strategy != "STRICT_PACK":
+            raise ValueError(
+                f"placement_strategy {self.strategy} lets a CPU replica's workers cross nodes, which needs vLLM's Ray "
+                "executor, and vLLM's CPU backend has none (vLLM: 'current platform cpu does not support ray.'): "
+                "a CPU replica's tensor/pipeline workers share its node; unset placement_strategy or use STRICT_PACK"
+            )
         return self
 
     @model_validator(mode="after")
@@ -202,17 +240,9 @@ class Resources(StrictModel):
                 f"gpu_shape has {shape.nodes} x {shape.gpus_per_node} GPUs, the replica needs "
                 f"tensor_parallel_size x pipeline_parallel_size x gpus = {needed:g}"
             )
-        if shape.nodes > 1 and self.placement_strategy == "STRICT_PACK":
+        if shape.nodes > 1 and self.strategy == "STRICT_PACK":
             raise ValueError("gpu_shape spans several nodes: placement_strategy STRICT_PACK needs one node; use PACK")
         return self
-
-    def placement_group_bundles(self) -> list[dict[str, float]] | None:
-        """One bundle for the replica, one per extra GPU worker (tensor x pipeline parallel)."""
-        if self.gpu_workers == 1:
-            return None
-        first: dict[str, float] = {"CPU": self.cpus, "GPU": self.gpus}
-        workers = [{"GPU": self.gpus} for _ in range(self.gpu_workers - 1)]
-        return [first, *workers]
 
 
 class ModelConfig(StrictModel):
@@ -242,6 +272,11 @@ class ModelConfig(StrictModel):
         default="reasoning_content",
         description="The chat message and delta field that carries the parsed reasoning: `reasoning_content` "
         "(DeepSeek's API, what most clients read) or `reasoning` (vLLM 0.32's own name).",
+    )
+    enforce_eager: bool | None = Field(
+        default=None,
+        description="Run eagerly: no torch.compile, no CUDA graphs. Unset: eager when the replica has no GPU "
+        "(resources.gpus == 0), compiled with CUDA graphs when it has.",
     )
     engine_args: dict[str, Any] = Field(default_factory=dict)
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
@@ -283,6 +318,12 @@ class ModelConfig(StrictModel):
                 "set kv_cache_memory (e.g. 1GiB) or engine_args.gpu_memory_utilization: "
                 "without it vLLM reserves most of the node's memory for one engine"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _enforce_eager_once(self) -> ModelConfig:
+        if self.enforce_eager is not None and "enforce_eager" in self.engine_args:
+            raise ValueError("set enforce_eager or engine_args.enforce_eager, not both")
         return self
 
     @property

@@ -20,6 +20,7 @@ from service.config.loader import apply_settings, parse_config
 from service.config.schema import ModelConfig, ServiceConfig
 from service.config.settings import Settings
 from service.serve.deployments import Ingress, ModelServer, Registry
+from service.serve.placement import replica_placement
 
 POLICY = "service.serve.autoscaling:inflight_policy"
 
@@ -50,15 +51,10 @@ def autoscaling_options(model: ModelConfig) -> dict[str, Any]:
 
 
 def model_options(model: ModelConfig, drain_timeout_s: float) -> dict[str, Any]:
-    resources = model.resources
-    actor: dict[str, Any] = {"num_cpus": resources.cpus, "num_gpus": resources.gpus}
-    if resources.memory is not None:
-        actor["memory"] = int(resources.memory)
-    if resources.accelerator_type:
-        actor["accelerator_type"] = resources.accelerator_type
-    options: dict[str, Any] = {
+    """The model's deployment options; its Ray resources and placement group come from ``placement.py``."""
+    return {
         "name": deployment_name(model),
-        "ray_actor_options": actor,
+        **replica_placement(model.resources).options(),
         # Requests do not pass through Ray; only wake-ups from zero do.
         "max_ongoing_requests": 10_000,
         "health_check_period_s": 5,
@@ -66,11 +62,6 @@ def model_options(model: ModelConfig, drain_timeout_s: float) -> dict[str, Any]:
         "graceful_shutdown_timeout_s": drain_timeout_s + 15,
         **autoscaling_options(model),
     }
-    bundles = resources.placement_group_bundles()
-    if bundles:
-        options["placement_group_bundles"] = bundles
-        options["placement_group_strategy"] = resources.placement_strategy
-    return options
 
 
 def build_app(config: ServiceConfig, settings: Settings | None = None) -> Application:

@@ -69,8 +69,8 @@ def test_entry_shape(path: Path) -> None:
     assert resources.gpu_shape.gpus_per_node * resources.gpu_shape.nodes == resources.gpu_workers * resources.gpus
     assert resources.pipeline_parallel_size <= resources.gpu_shape.nodes or resources.gpu_shape.nodes == 1
     assert "gpu_memory_utilization" in model.engine_args and model.max_model_len
-    bundles = resources.placement_group_bundles()
-    assert (len(bundles) if bundles else 1) == resources.tensor_parallel_size * resources.pipeline_parallel_size
+    one_node = resources.gpu_shape.nodes == 1
+    assert resources.executor == (None if resources.gpu_workers == 1 else "mp" if one_node else "ray")
 
 
 @pytest.mark.parametrize("path", ENTRIES, ids=lambda p: p.stem)
@@ -144,8 +144,7 @@ def test_engine_args_of_every_entry(tmp_path: Path) -> None:
         assert args.pipeline_parallel_size == resources.pipeline_parallel_size
         assert args.enable_expert_parallel == resources.enable_expert_parallel
         assert args.quantization == model.quantization and args.tokenizer_mode == model.tokenizer_mode
-        expected = "ray" if resources.gpu_workers > 1 else None
-        assert args.distributed_executor_backend == expected
+        assert args.distributed_executor_backend == resources.executor
 
 
 def test_serve_config_example_follows_the_catalog() -> None:
@@ -168,8 +167,7 @@ def test_gpu_shape_must_match_the_parallelism() -> None:
     shape = {"gpu": "H100-80GB", "gpus_per_node": 8, "nodes": 2}
     good = {"gpus": 1, "tensor_parallel_size": 8, "pipeline_parallel_size": 2, "placement_strategy": "PACK"}
     config = parse_config({"models": [{**base, "resources": {**good, "gpu_shape": shape}}]}, "x")
-    bundles = config.models[0].resources.placement_group_bundles()
-    assert bundles is not None and len(bundles) == 16 and bundles[0] == {"CPU": 1.0, "GPU": 1}
+    assert config.models[0].resources.executor == "ray"  # its bundles: tests/serve/test_placement.py
     with pytest.raises(ConfigError, match="the replica needs"):
         parse_config(
             {"models": [{**base, "resources": {**good, "pipeline_parallel_size": 1, "gpu_shape": shape}}]}, "x"
@@ -177,5 +175,5 @@ def test_gpu_shape_must_match_the_parallelism() -> None:
     with pytest.raises(ConfigError, match="STRICT_PACK needs one node"):
         strict = {**good, "placement_strategy": "STRICT_PACK", "gpu_shape": shape}
         parse_config({"models": [{**base, "resources": strict}]}, "x")
-    with pytest.raises(ConfigError, match="pipeline_parallel_size > 1 needs gpus"):
-        parse_config({"models": [{**base, "resources": {"pipeline_parallel_size": 2}}]}, "x")
+    with pytest.raises(ConfigError, match="each worker is one whole GPU"):
+        parse_config({"models": [{**base, "resources": {**good, "gpus": 0.5, "gpu_shape": None}}]}, "x")

@@ -106,15 +106,18 @@ def test_autoscaling_bounds_and_scale_to_zero() -> None:
     assert config.models[0].autoscaling.scale_to_zero
 
 
-def test_tensor_parallel_placement_bundles() -> None:
+def test_tensor_parallel_executor_and_strategy() -> None:
+    """The placement itself is pinned in tests/serve/test_placement.py."""
     config = parse_config(
         {"models": [{**GOOD_MODEL, "resources": {"gpus": 1, "cpus": 4, "tensor_parallel_size": 4}}]},
         "x",
     )
-    bundles = config.models[0].resources.placement_group_bundles()
-    assert bundles == [{"CPU": 4, "GPU": 1}, {"GPU": 1}, {"GPU": 1}, {"GPU": 1}]
-    with pytest.raises(ConfigError, match="> 1 needs gpus"):
-        parse_config({"models": [{**GOOD_MODEL, "resources": {"tensor_parallel_size": 2}}]}, "x")
+    resources = config.models[0].resources
+    assert (resources.gpu_workers, resources.strategy, resources.executor) == (4, "STRICT_PACK", "mp")
+    cpu = parse_config({"models": [{**GOOD_MODEL, "resources": {"tensor_parallel_size": 2}}]}, "x")
+    assert cpu.models[0].resources.executor == "mp"  # CPU workers: processes of the replica
+    with pytest.raises(ConfigError, match="each worker is one whole GPU"):
+        parse_config({"models": [{**GOOD_MODEL, "resources": {"gpus": 2, "tensor_parallel_size": 2}}]}, "x")
 
 
 def test_ray_serve_config_file_carries_the_same_config(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import pytest
 from vllm.config import StructuredOutputsConfig
 
 from service.config.schema import ModelConfig
-from service.engine.vllm_engine.args import EngineArgsError, engine_args
+from service.engine.vllm_engine.args import EngineArgsError, engine_args, engine_env
 
 
 def entry(tmp_path: Path, **fields: object) -> ModelConfig:
@@ -38,3 +38,45 @@ def test_an_unknown_field_of_a_config_argument_is_refused(tmp_path: Path) -> Non
 def test_the_reasoning_parser_is_not_an_engine_arg(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="reasoning_parser cannot be set in engine_args"):
         entry(tmp_path, engine_args={"reasoning_parser": "qwen3"})
+
+
+# --- tensor and pipeline parallelism: the executor and the engine's environment (placement: tests/serve) ---
+
+
+def test_the_executor_fits_the_placement(tmp_path: Path) -> None:
+    """One worker: vLLM's default. Workers on the replica's node: multiprocessing. Across nodes: Ray."""
+    shape = {"gpu": "H100-80GB", "gpus_per_node": 8, "nodes": 2}
+    cases = {
+        None: {"gpus": 1},
+        "mp": {"gpus": 1, "tensor_parallel_size": 2},
+        "ray": {"gpus": 1, "tensor_parallel_size": 8, "pipeline_parallel_size": 2, "gpu_shape": shape},
+    }
+    for executor, resources in cases.items():
+        args = engine_args(entry(tmp_path, resources=resources), tmp_path)
+        assert args.distributed_executor_backend == executor, resources
+    cpu = engine_args(entry(tmp_path, resources={"cpus": 2, "tensor_parallel_size": 2}), tmp_path)
+    assert (cpu.distributed_executor_backend, cpu.tensor_parallel_size) == ("mp", 2)
+    assert (
+        engine_args(
+            entry(tmp_path, resources={"gpus": 1, "tensor_parallel_size": 2, "placement_strategy": "PACK"}), tmp_path
+        ).distributed_executor_backend
+        == "ray"
+    )
+
+
+def test_cpu_workers_get_their_own_cores(tmp_path: Path) -> None:
+    """vLLM's `auto` binding wants a NUMA node per CPU worker; Paddock splits the process's cores instead."""
+    tp2 = entry(tmp_path, resources={"cpus": 2, "tensor_parallel_size": 2})
+    assert engine_env(tp2, {1, 0}, {}) == {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}  # this CI machine: 2 cores
+    assert engine_env(tp2, range(4), {}) == {"VLLM_CPU_OMP_THREADS_BIND": "0,1|2,3"}
+    assert engine_env(tp2, [4, 5, 6], {}) == {"VLLM_CPU_OMP_THREADS_BIND": "4,5|6"}
+    assert engine_env(tp2, range(4), {"VLLM_CPU_OMP_THREADS_BIND": "0-1|2-3"}) == {}  # the operator's binding wins
+    stages = entry(tmp_path, resources={"cpus": 2, "tensor_parallel_size": 2, "pipeline_parallel_size": 2})
+    assert engine_env(stages, range(8), {}) == {"VLLM_CPU_OMP_THREADS_BIND": "0,1|2,3|4,5|6,7"}
+    with pytest.raises(EngineArgsError, match=r"2 CPU workers .* need at least 2 cores, this process may run on 1"):
+        engine_env(tp2, [3], {})
+
+
+def test_one_worker_or_gpus_need_no_binding(tmp_path: Path) -> None:
+    assert engine_env(entry(tmp_path), range(2), {}) == {}  # vLLM binds one CPU worker itself
+    assert engine_env(entry(tmp_path, resources={"gpus": 1, "tensor_parallel_size": 2}), range(2), {}) == {}

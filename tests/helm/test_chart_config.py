@@ -99,10 +99,10 @@ def test_both_modes_render_the_same_service_config(tmp_path: Path) -> None:
 def test_values_the_schema_allows_but_the_service_refuses_fail_in_the_loader(tmp_path: Path) -> None:
     """The chart schema mirrors the service schema's shape; cross-field rules stay the service's."""
     model = (
-        '[{"id":"m","source":{"path":"/m"},"resources":{"gpus":0,"tensor_parallel_size":2},"kv_cache_memory":"1GiB"}]'
+        '[{"id":"m","source":{"path":"/m"},"resources":{"gpus":0.5,"tensor_parallel_size":2},"kv_cache_memory":"1GiB"}]'
     )
     result = parse("bad", helm_template([], ["--set-json", f"models={model}", *APPROVAL_KEYS]).stdout)
-    with pytest.raises(ConfigError, match="> 1 needs gpus"):
+    with pytest.raises(ConfigError, match="each worker is one whole GPU"):
         load(tmp_path, result.one("ConfigMap", "paddock-config")["data"]["paddock.yaml"], "bad.yaml")
 
 

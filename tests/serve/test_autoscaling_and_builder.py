@@ -51,11 +51,11 @@ def test_fixed_replicas_and_autoscaling_options() -> None:
     assert autoscaling["downscale_to_zero_delay_s"] == 900
 
 
-def test_tensor_parallel_gets_a_placement_group() -> None:
-    model = parse_config(
-        {"models": [{**BASE, "resources": {"gpus": 1, "cpus": 2, "tensor_parallel_size": 2}}]}, "t"
-    ).models[0]
+def test_tensor_parallel_placement_comes_from_placement_py() -> None:
+    """Every shape is pinned in test_placement.py; here only that model_options carries it."""
+    resources = {"gpus": 1, "cpus": 2, "tensor_parallel_size": 2, "placement_strategy": "PACK"}
+    model = parse_config({"models": [{**BASE, "resources": resources}]}, "t").models[0]
     options = model_options(model, 30)
     assert options["placement_group_bundles"] == [{"CPU": 2, "GPU": 1}, {"GPU": 1}]
-    assert options["placement_group_strategy"] == "STRICT_PACK"
-    assert options["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 1}
+    assert options["placement_group_strategy"] == "PACK"
+    assert options["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 0}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,11 @@ def engine_args(model: ModelConfig, path: Path, otlp_traces_endpoint: str | None
         # As `vllm serve --reasoning-parser` does: structured outputs then constrain the answer after the
         # reasoning, not the reasoning itself (unless structured_outputs_config.enable_in_reasoning).
         "reasoning_parser": model.reasoning_parser or "",
-        "enforce_eager": True,
+        "enforce_eager": enforce_eager(model),
         "disable_log_stats": False,
     }
-    if resources.gpu_workers > 1:
-        args["distributed_executor_backend"] = "ray"  # the workers are the replica's placement-group bundles
+    if resources.executor is not None:  # processes of the replica on its node, or Ray actors in its bundles
+        args["distributed_executor_backend"] = resources.executor
     if model.kv_cache_memory is not None:
         args["kv_cache_memory_bytes"] = int(model.kv_cache_memory)
     elif model.task == "embed":
@@ -50,6 +51,43 @@ def engine_args(model: ModelConfig, path: Path, otlp_traces_endpoint: str | None
         args["otlp_traces_endpoint"] = otlp_traces_endpoint
     args.update({key: _typed(key, value) for key, value in model.engine_args.items()})
     return AsyncEngineArgs(**args)
+
+
+def enforce_eager(model: ModelConfig) -> bool:
+    """Eager (no torch.compile, no CUDA graphs) unless the replica has GPUs; the entry's ``enforce_eager`` pins it.
+
+    ``engine_args.enforce_eager``, where an entry sets it instead, still overrides this (as any engine arg does).
+    """
+    if model.enforce_eager is not None:
+        return model.enforce_eager
+    return model.resources.gpus == 0
+
+
+def engine_env(model: ModelConfig, cores: Iterable[int], environ: Mapping[str, str]) -> dict[str, str]:
+    """Environment the engine's processes need beyond the arguments: on CPUs with several workers, each
+    worker's OpenMP cores (``VLLM_CPU_OMP_THREADS_BIND``, ``|`` between ranks) unless ``environ`` sets them.
+
+    ``cores`` are the ones this process may run on (its affinity), split evenly between the workers. Ray
+    counts CPUs but pins none; vLLM's own ``auto`` binding gives each worker a NUMA node and refuses a
+    host with fewer nodes than workers.
+    """
+    resources = model.resources
+    workers = resources.gpu_workers
+    if resources.gpus > 0 or workers == 1 or "VLLM_CPU_OMP_THREADS_BIND" in environ:
+        return {}
+    allowed = sorted(cores)
+    if len(allowed) < workers:
+        raise EngineArgsError(
+            f"models[{model.id}]: {workers} CPU workers (tensor x pipeline parallel) need at least {workers} cores, "
+            f"this process may run on {len(allowed)} ({allowed}); or set VLLM_CPU_OMP_THREADS_BIND"
+        )
+    share, extra = divmod(len(allowed), workers)
+    groups, start = [], 0
+    for rank in range(workers):
+        size = share + (1 if rank < extra else 0)
+        groups.append(",".join(str(core) for core in allowed[start : start + size]))
+        start += size
+    return {"VLLM_CPU_OMP_THREADS_BIND": "|".join(groups)}
 
 
 def _typed(key: str, value: Any) -> Any:

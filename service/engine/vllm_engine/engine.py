@@ -43,7 +43,7 @@ from service.engine.base import CallContext, EngineDead, JSONResult, Result, Str
 from service.engine.engine_spans import wrap_do_tracing
 from service.engine.vllm_engine.anthropic import REQUEST_MODELS as ANTHROPIC_REQUEST_MODELS
 from service.engine.vllm_engine.anthropic import anthropic_handlers
-from service.engine.vllm_engine.args import engine_args
+from service.engine.vllm_engine.args import engine_args, engine_env
 from service.engine.vllm_engine.guard import (
     ContextGuard,
     max_prompt_tokens,
@@ -103,6 +103,8 @@ class VLLMEngine:
         if self._otlp is not None:  # vLLM's exporter reads only the traces-specific protocol variable
             os.environ.setdefault("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", self._otlp[1])
         args = engine_args(self._model, self._path, self._otlp[0] if self._otlp else None)
+        # The engine's processes (EngineCore, workers) inherit this process's environment.
+        os.environ.update(engine_env(self._model, os.sched_getaffinity(0), os.environ))
         # Engine metrics go through Ray's metrics agent (as Ray Serve LLM does): `vllm:x` is exported
         # as `ray_vllm_x` by each node's agent, with the replica's id as a label.
         loggers = [RayPrometheusStatLogger] if ray_is_initialized() else None

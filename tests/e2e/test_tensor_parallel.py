@@ -1,0 +1,175 @@
+"""A tensor-parallel replica served through Paddock on CPU: the Mistral twin at tensor_parallel_size 2.
+
+CPU processes stand in for GPUs: vLLM's multiprocessing executor runs the two tensor-parallel workers as
+processes of the replica (vLLM's CPU backend has no Ray executor: tests/engine/test_vllm_ray_on_cpu.py),
+each bound to its own core by Paddock (``VLLM_CPU_OMP_THREADS_BIND``, from the replica's cores). The
+stack is its own (``paddock serve``, governance on), started for this module and stopped at its end, so
+that the last test can check that stopping it leaves no engine process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from harness import twins
+from harness.ports import free_port
+from service.config.schema import ModelConfig
+from service.engine.vllm_engine.args import engine_env
+from tests.e2e.conftest import ADMIN_TOKEN, INTERNAL_TOKEN, Stack, _pump, _stop, _wait_ready
+from tests.e2e.twins.conftest import write_governance
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+TWIN = twins.TWINS["mistral"]  # dense: 4 heads / 2 KV heads split 2 ways; its real Tekken tokenizer
+MODEL = "twin-mistral-tp2"
+CHAT = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "Hello! Who are you?"}],
+    "max_tokens": 8,
+    "temperature": 0,
+}
+
+
+def engine_processes(ray_dir: Path) -> dict[int, str]:
+    """vLLM processes (EngineCore, workers) of the stack whose Ray temp dir is ``ray_dir``, pid -> title.
+
+    Their titles name no directory (vLLM renames them), so they are found by the stack's environment,
+    which every process of it inherits."""
+    marker = f"PADDOCK_RAY_TEMP_DIR={ray_dir}".encode()
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            title = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            if title.startswith("VLLM::") and marker in (proc / "environ").read_bytes().split(b"\0"):
+                found[int(proc.name)] = title
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def tp_stack() -> Iterator[Stack]:
+    entry = twins.model_entry(TWIN, twins.make_twin(TWIN.family), cpus=1)
+    entry["id"] = MODEL
+    entry.pop("tool_call_parser", None)  # parsers are the twins' tests; this one is about the workers
+    entry["resources"] = {"cpus": 1, "tensor_parallel_size": 2}
+    port, admin_port, metrics_port = free_port(), free_port(), free_port()
+    ray_dir = Path(tempfile.mkdtemp(prefix="pd-ray-", dir="/tmp"))
+    state_dir = Path(tempfile.mkdtemp(prefix="pd-state-", dir="/tmp"))
+    governance_file = state_dir / "governance.yaml"
+    keys = write_governance(governance_file)
+    config_file = state_dir / "tp2.yaml"
+    config = {"models": [entry], "ingress": {"port": port, "cpus": 0.25}, "admin": {"port": admin_port}}
+    config_file.write_text(yaml.safe_dump({**config, "metrics": {"port": metrics_port}}, sort_keys=False))
+    env = {
+        **os.environ,
+        "PADDOCK_PORT": str(port),
+        "PADDOCK_ADMIN_PORT": str(admin_port),
+        "PADDOCK_METRICS_PORT": str(metrics_port),
+        "PADDOCK_RAY_METRICS_PORT": str(free_port()),
+        "PADDOCK_ADMIN_TOKEN": ADMIN_TOKEN,
+        "PADDOCK_STATE_DIR": str(state_dir),
+        "PADDOCK_GOVERNANCE_FILE": str(governance_file),
+        "PADDOCK_RAY_TEMP_DIR": str(ray_dir),
+        "PADDOCK_INTERNAL_TOKEN": INTERNAL_TOKEN,
+        "PADDOCK_TRACING": "off",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("VLLM_CPU_OMP_THREADS_BIND", None)  # Paddock's own binding is under test
+    process = subprocess.Popen(
+        [str(ROOT / ".venv/bin/paddock"), "serve", "--config", str(config_file)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    stack = Stack(
+        base_url=f"http://127.0.0.1:{port}",
+        admin_url=f"http://127.0.0.1:{admin_port}",
+        process=process,
+        ray_dir=ray_dir,
+        state_dir=state_dir,
+        governance_file=governance_file,
+        keys=keys,
+    )
+    threading.Thread(target=_pump, args=(process, stack.log), daemon=True).start()
+    try:
+        _wait_ready(stack)
+        yield stack
+    finally:
+        (Path(tempfile.gettempdir()) / "paddock-tp2-e2e.log").write_text("".join(stack.log))
+        _stop(stack)
+
+
+def environ(pid: int) -> dict[str, str]:
+    entries = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+    return dict(entry.split("=", 1) for entry in entries if "=" in entry)
+
+
+def test_the_replica_runs_two_tensor_parallel_workers(tp_stack: Stack) -> None:
+    """One EngineCore, a worker per tensor-parallel rank, each rank bound to its share of the cores."""
+    processes = engine_processes(tp_stack.ray_dir)
+    assert sorted(processes.values()) == ["VLLM::EngineCore", "VLLM::Worker_TP0", "VLLM::Worker_TP1"], processes
+    [core] = [pid for pid, title in processes.items() if title == "VLLM::EngineCore"]
+    model = ModelConfig.model_validate(
+        {"id": MODEL, "source": {"path": "/m"}, "resources": {"tensor_parallel_size": 2}, "kv_cache_memory": "64MiB"}
+    )
+    expected = engine_env(model, os.sched_getaffinity(0), {})["VLLM_CPU_OMP_THREADS_BIND"]  # this host's cores
+    assert environ(core)["VLLM_CPU_OMP_THREADS_BIND"] == expected
+
+
+def test_chat_and_stream_answer_the_same(tp_stack: Stack) -> None:
+    """Greedy decoding: the streamed deltas add up to the whole answer, token for token."""
+    client = tp_stack.client("acme", timeout=120)
+    answer = client.chat.completions.create(**CHAT)  # type: ignore[call-overload]
+    choice = answer.choices[0]
+    assert answer.model == MODEL and choice.finish_reason in ("length", "stop")
+    assert isinstance(choice.message.content, str) and 1 <= answer.usage.completion_tokens <= 8
+    streamed, events = "", []
+    with (
+        tp_stack.http(timeout=httpx.Timeout(120, connect=10)) as http,
+        http.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as response,
+    ):
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                events.append(line[len("data:") :].strip())
+    assert events[-1] == "[DONE]"
+    for data in events[:-1]:
+        event = json.loads(data)
+        assert "error" not in event, event
+        for delta in event.get("choices", []):
+            streamed += (delta.get("delta") or {}).get("content") or ""
+    assert streamed == choice.message.content
+
+
+def test_stopping_the_stack_leaves_no_engine_process(tp_stack: Stack) -> None:
+    """Last in this module: `paddock serve` stopped by SIGINT (Ctrl-C) shuts Serve down, and with it the
+    replica, its EngineCore and both workers: none is left once it has exited, before anything is killed."""
+    assert len(engine_processes(tp_stack.ray_dir)) == 3
+    tp_stack.process.send_signal(signal.SIGINT)
+    tp_stack.process.wait(timeout=120)
+    deadline = time.monotonic() + 30
+    while (left := engine_processes(tp_stack.ray_dir)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    _stop(tp_stack)  # whatever is left of Ray; the fixture's own stop then finds nothing
+    assert not left, f"left behind by a clean stop: {left}"
+    assert not engine_processes(tp_stack.ray_dir)
