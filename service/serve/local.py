@@ -10,7 +10,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 
 from service.config.schema import ServiceConfig
 from service.config.settings import Settings
@@ -97,13 +97,21 @@ def wait_ready(url: str, timeout_s: float) -> None:
     raise TimeoutError(f"{url}/ready did not answer 200 within {timeout_s:.0f}s")
 
 
-def deploy(config: ServiceConfig, settings: Settings, timeout_s: float = 900.0) -> str:
-    """Start Ray and the app; return the base URL once the ingress is ready."""
+def deploy(
+    config: ServiceConfig, settings: Settings, timeout_s: float = 900.0, after_ray: Callable[[], None] | None = None
+) -> str:
+    """Start Ray and the app; return the base URL once the ingress is ready.
+
+    ``after_ray`` runs once Ray is up: ``ray.init`` installs Ray's own SIGTERM handler (it aborts the
+    driver, cutting every stream), so the caller re-installs its handlers there.
+    """
     from ray import serve
 
     from service.serve.builder import build_app
 
     start_ray(config, settings)
+    if after_ray is not None:
+        after_ray()
     serve.start(proxy_location="Disabled", http_options={"host": "127.0.0.1"})
     serve.run(build_app(config, settings), name=APP_NAME, route_prefix=None, blocking=False)
     url = f"http://{config.ingress.host}:{config.ingress.port}"
@@ -150,11 +158,15 @@ def serve_forever(config: ServiceConfig, settings: Settings) -> None:
     printed is the one ``build_app`` serves.
     """
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+
+    def on_stop_signals() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+
+    on_stop_signals()
     try:
         governance = _prepare_governance(settings)
-        url = deploy(config, settings)
+        url = deploy(config, settings, after_ray=on_stop_signals)
         print(f"Paddock is serving on {url}/v1 — models: {models_summary(config)}", flush=True)
         print(governance.format(url=url, admin=f"http://{config.admin.host}:{config.admin.port}"), flush=True)
         stop.wait()
