@@ -7,6 +7,7 @@ down), then SIGKILL for anything left in the group or in its Ray directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -161,6 +162,72 @@ def _stop(stack: Stack) -> None:
     kill_strays(stack.ray_dir)
     shutil.rmtree(stack.ray_dir, ignore_errors=True)
     shutil.rmtree(stack.state_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def serve_stack(
+    config_file: Path,
+    ports: tuple[int, int, int],
+    keys: dict[str, str],
+    state_dir: Path,
+    environ: dict[str, str | None] | None = None,
+    log_name: str | None = None,
+) -> Iterator[Stack]:
+    """``paddock serve --config config_file`` with governance on and tracing off, in its own process group.
+
+    ``ports`` are the API, admin and metrics ports the config names; ``state_dir`` holds the config and
+    ``governance.yaml`` (``keys`` are its keys) and is removed at the end with the Ray directory made here. ``environ`` adds to (or, with a ``None`` value, removes from) the
+    environment; ``log_name`` keeps the stack's output in the temp directory after the stop.
+    """
+    port, admin_port, metrics_port = ports
+    ray_dir = Path(tempfile.mkdtemp(prefix="pd-ray-", dir="/tmp"))
+    governance_file = state_dir / "governance.yaml"
+    env = {
+        **os.environ,
+        "PADDOCK_PORT": str(port),
+        "PADDOCK_ADMIN_PORT": str(admin_port),
+        "PADDOCK_METRICS_PORT": str(metrics_port),
+        "PADDOCK_RAY_METRICS_PORT": str(free_port()),
+        "PADDOCK_ADMIN_TOKEN": ADMIN_TOKEN,
+        "PADDOCK_STATE_DIR": str(state_dir),
+        "PADDOCK_GOVERNANCE_FILE": str(governance_file),
+        "PADDOCK_RAY_TEMP_DIR": str(ray_dir),
+        "PADDOCK_INTERNAL_TOKEN": INTERNAL_TOKEN,
+        "PADDOCK_TRACING": "off",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    for name, value in (environ or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    process = subprocess.Popen(
+        [str(ROOT / ".venv/bin/paddock"), "serve", "--config", str(config_file)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    stack = Stack(
+        base_url=f"http://127.0.0.1:{port}",
+        admin_url=f"http://127.0.0.1:{admin_port}",
+        process=process,
+        ray_dir=ray_dir,
+        state_dir=state_dir,
+        governance_file=governance_file,
+        keys=keys,
+    )
+    threading.Thread(target=_pump, args=(process, stack.log), daemon=True).start()
+    try:
+        _wait_ready(stack)
+        yield stack
+    finally:
+        if log_name:
+            (Path(tempfile.gettempdir()) / log_name).write_text("".join(stack.log))
+        _stop(stack)
 
 
 def write_governance(path: Path) -> dict[str, str]:

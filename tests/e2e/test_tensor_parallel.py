@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +25,7 @@ from harness import twins
 from harness.ports import free_port
 from service.config.schema import ModelConfig
 from service.engine.vllm_engine.args import engine_env
-from tests.e2e.conftest import ADMIN_TOKEN, INTERNAL_TOKEN, Stack, _pump, _stop, _wait_ready
+from tests.e2e.conftest import Stack, _stop, serve_stack
 from tests.e2e.twins.conftest import write_governance
 
 pytestmark = pytest.mark.e2e
@@ -68,55 +66,16 @@ def tp_stack() -> Iterator[Stack]:
     entry["id"] = MODEL
     entry.pop("tool_call_parser", None)  # parsers are the twins' tests; this one is about the workers
     entry["resources"] = {"cpus": 1, "tensor_parallel_size": 2}
-    port, admin_port, metrics_port = free_port(), free_port(), free_port()
-    ray_dir = Path(tempfile.mkdtemp(prefix="pd-ray-", dir="/tmp"))
+    port, admin_port, metrics_port = ports = free_port(), free_port(), free_port()
     state_dir = Path(tempfile.mkdtemp(prefix="pd-state-", dir="/tmp"))
-    governance_file = state_dir / "governance.yaml"
-    keys = write_governance(governance_file)
+    keys = write_governance(state_dir / "governance.yaml")
     config_file = state_dir / "tp2.yaml"
     config = {"models": [entry], "ingress": {"port": port, "cpus": 0.25}, "admin": {"port": admin_port}}
     config_file.write_text(yaml.safe_dump({**config, "metrics": {"port": metrics_port}}, sort_keys=False))
-    env = {
-        **os.environ,
-        "PADDOCK_PORT": str(port),
-        "PADDOCK_ADMIN_PORT": str(admin_port),
-        "PADDOCK_METRICS_PORT": str(metrics_port),
-        "PADDOCK_RAY_METRICS_PORT": str(free_port()),
-        "PADDOCK_ADMIN_TOKEN": ADMIN_TOKEN,
-        "PADDOCK_STATE_DIR": str(state_dir),
-        "PADDOCK_GOVERNANCE_FILE": str(governance_file),
-        "PADDOCK_RAY_TEMP_DIR": str(ray_dir),
-        "PADDOCK_INTERNAL_TOKEN": INTERNAL_TOKEN,
-        "PADDOCK_TRACING": "off",
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("VLLM_CPU_OMP_THREADS_BIND", None)  # Paddock's own binding is under test
-    process = subprocess.Popen(
-        [str(ROOT / ".venv/bin/paddock"), "serve", "--config", str(config_file)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    stack = Stack(
-        base_url=f"http://127.0.0.1:{port}",
-        admin_url=f"http://127.0.0.1:{admin_port}",
-        process=process,
-        ray_dir=ray_dir,
-        state_dir=state_dir,
-        governance_file=governance_file,
-        keys=keys,
-    )
-    threading.Thread(target=_pump, args=(process, stack.log), daemon=True).start()
-    try:
-        _wait_ready(stack)
+    # Paddock's own binding is under test: none from the environment.
+    unbound: dict[str, str | None] = {"VLLM_CPU_OMP_THREADS_BIND": None}
+    with serve_stack(config_file, ports, keys, state_dir, unbound, "paddock-tp2-e2e.log") as stack:
         yield stack
-    finally:
-        (Path(tempfile.gettempdir()) / "paddock-tp2-e2e.log").write_text("".join(stack.log))
-        _stop(stack)
 
 
 def environ(pid: int) -> dict[str, str]:

@@ -7,10 +7,8 @@ own process group, with governance on, and stopped at the end of the session.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import yaml
 
 from harness import twins
 from harness.ports import free_port
-from tests.e2e.conftest import ADMIN_TOKEN, INTERNAL_TOKEN, Stack, _pump, _stop, _wait_ready
+from tests.e2e.conftest import Stack, serve_stack
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -82,50 +80,10 @@ def write_config(path: Path, paths: dict[str, Path], port: int, admin_port: int,
 @pytest.fixture(scope="session")
 def twin_stack() -> Iterator[Stack]:
     paths = _ensure_twins()
-    port, admin_port, metrics_port, ray_metrics_port = free_port(), free_port(), free_port(), free_port()
-    ray_dir = Path(tempfile.mkdtemp(prefix="pd-ray-", dir="/tmp"))
+    ports = free_port(), free_port(), free_port()
     state_dir = Path(tempfile.mkdtemp(prefix="pd-state-", dir="/tmp"))
-    governance_file = state_dir / "governance.yaml"
-    keys = write_governance(governance_file)
+    keys = write_governance(state_dir / "governance.yaml")
     config_file = state_dir / "twins.yaml"
-    write_config(config_file, paths, port, admin_port, metrics_port)
-    env = {
-        **os.environ,
-        "PADDOCK_PORT": str(port),
-        "PADDOCK_ADMIN_PORT": str(admin_port),
-        "PADDOCK_METRICS_PORT": str(metrics_port),
-        "PADDOCK_RAY_METRICS_PORT": str(ray_metrics_port),
-        "PADDOCK_ADMIN_TOKEN": ADMIN_TOKEN,
-        "PADDOCK_STATE_DIR": str(state_dir),
-        "PADDOCK_GOVERNANCE_FILE": str(governance_file),
-        "PADDOCK_RAY_TEMP_DIR": str(ray_dir),
-        "PADDOCK_INTERNAL_TOKEN": INTERNAL_TOKEN,
-        "PADDOCK_TRACING": "off",
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
-    process = subprocess.Popen(
-        [str(ROOT / ".venv/bin/paddock"), "serve", "--config", str(config_file)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    stack = Stack(
-        base_url=f"http://127.0.0.1:{port}",
-        admin_url=f"http://127.0.0.1:{admin_port}",
-        process=process,
-        ray_dir=ray_dir,
-        state_dir=state_dir,
-        governance_file=governance_file,
-        keys=keys,
-    )
-    threading.Thread(target=_pump, args=(process, stack.log), daemon=True).start()
-    try:
-        _wait_ready(stack)
+    write_config(config_file, paths, *ports)
+    with serve_stack(config_file, ports, keys, state_dir, log_name="paddock-twins-e2e.log") as stack:
         yield stack
-    finally:
-        (Path(tempfile.gettempdir()) / "paddock-twins-e2e.log").write_text("".join(stack.log))
-        _stop(stack)
