@@ -1,4 +1,5 @@
-"""vLLM engine arguments from a model entry: the reasoning parser reaches the engine, typed sub-configs."""
+"""vLLM engine arguments from a model entry: the reasoning parser reaches the engine, typed sub-configs, eager or
+CUDA graphs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 from vllm.config import StructuredOutputsConfig
 
+from service.config.loader import load_catalog_file
 from service.config.schema import ModelConfig
 from service.engine.vllm_engine.args import EngineArgsError, engine_args, engine_env
 
@@ -80,3 +82,45 @@ def test_cpu_workers_get_their_own_cores(tmp_path: Path) -> None:
 def test_one_worker_or_gpus_need_no_binding(tmp_path: Path) -> None:
     assert engine_env(entry(tmp_path), range(2), {}) == {}  # vLLM binds one CPU worker itself
     assert engine_env(entry(tmp_path, resources={"gpus": 1, "tensor_parallel_size": 2}), range(2), {}) == {}
+
+
+# enforce_eager: eager (no torch.compile, no CUDA graphs) on CPU replicas, compiled with CUDA graphs on GPU ones.
+
+
+def test_a_replica_without_gpus_runs_eager_by_default(tmp_path: Path) -> None:
+    model = entry(tmp_path)
+    assert model.enforce_eager is None and model.resources.gpus == 0
+    assert engine_args(model, tmp_path).enforce_eager is True
+
+
+@pytest.mark.parametrize("resources", [{"gpus": 1}, {"gpus": 0.5}, {"gpus": 1, "tensor_parallel_size": 2}])
+def test_a_replica_with_gpus_uses_cuda_graphs_by_default(tmp_path: Path, resources: dict[str, object]) -> None:
+    assert engine_args(entry(tmp_path, resources=resources), tmp_path).enforce_eager is False
+
+
+@pytest.mark.parametrize(("gpus", "eager"), [(0, False), (0, True), (1, True), (1, False)])
+def test_the_entry_pins_enforce_eager(tmp_path: Path, gpus: int, eager: bool) -> None:
+    model = entry(tmp_path, enforce_eager=eager, resources={"gpus": gpus})
+    assert engine_args(model, tmp_path).enforce_eager is eager
+
+
+def test_engine_args_enforce_eager_still_reaches_the_engine(tmp_path: Path) -> None:
+    """The catalog's older spelling, engine_args.enforce_eager, keeps working (and wins over the default)."""
+    assert engine_args(entry(tmp_path, engine_args={"enforce_eager": False}), tmp_path).enforce_eager is False
+    gpu = entry(tmp_path, engine_args={"enforce_eager": True}, resources={"gpus": 1})
+    assert engine_args(gpu, tmp_path).enforce_eager is True
+
+
+def test_enforce_eager_is_set_once(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="enforce_eager or engine_args.enforce_eager, not both"):
+        entry(tmp_path, enforce_eager=True, engine_args={"enforce_eager": True})
+
+
+def test_the_seed_gpu_models_use_cuda_graphs() -> None:
+    """Every catalog entry (deploy/models) runs on GPUs and so is compiled, with CUDA graphs."""
+    catalog = sorted((Path(__file__).resolve().parents[2] / "deploy" / "models").glob("*.yaml"))
+    assert catalog
+    for path in catalog:
+        (model,) = load_catalog_file(path).config.models
+        assert model.resources.gpus >= 1, path.name
+        assert engine_args(model, Path("/nonexistent")).enforce_eager is False, path.name
