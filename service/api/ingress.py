@@ -147,8 +147,9 @@ class IngressApp:
         elif path == OPENAPI:
             await send_bytes(send, 200, self._document, headers=headers)
         elif path in (READY, RAY_PROXY_HEALTH):
-            if self.draining or not self._directory.ready:
-                raise errors.unavailable("Paddock is not ready to accept traffic.")
+            why = self._not_ready(every_model=path == READY)
+            if why:
+                raise errors.unavailable(f"Paddock is not ready to accept traffic: {why}.")
             if path == RAY_PROXY_HEALTH:  # answered like Ray Serve's proxy, for KubeRay's Serve-aware probes
                 await send_bytes(send, 200, b"success", b"text/plain; charset=utf-8", headers)
             else:
@@ -162,6 +163,26 @@ class IngressApp:
             if model is None or (allowed is not None and model.id not in allowed):
                 raise errors.model_not_found(name)
             await send_json(send, 200, self._model_card(model), headers)
+
+    def _not_ready(self, every_model: bool) -> str:
+        """Why this ingress should get no traffic ("": it should).
+
+        ``/ready`` (a standalone pod's probes, ``paddock serve``'s start) also waits for a serving replica of
+        every model that keeps one (``min_replicas`` >= 1), so a pod in a rolling update gets traffic only
+        once its models have loaded. ``/-/healthz`` answers as Ray Serve's proxy does, for the proxy alone:
+        KubeRay already waits for every deployment before it routes to a RayService, and a model that lost
+        its replicas must not take the other models' routes out of the Service.
+        """
+        if self.draining:
+            return "it is shutting down"
+        if not self._directory.ready:
+            return "the replica registry has not answered yet"
+        if every_model:
+            waiting = [m.id for m in self._config.models if not m.autoscaling.scale_to_zero]
+            waiting = [model_id for model_id in waiting if not self._directory.endpoints(model_id)]
+            if waiting:
+                return f"no replica serves {', '.join(waiting)} yet"
+        return ""
 
     def _model_card(self, model: ModelConfig) -> dict[str, object]:
         replicas = len(self._directory.endpoints(model.id))

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from service.models.approval import Artifact
 
 log = logging.getLogger(__name__)
+DRAIN_REPORT_INTERVAL_S = 0.25
 
 
 @serve.deployment(
@@ -89,6 +90,17 @@ class Registry:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), wait_s)
         return self._state.snapshot()
+
+    def drain(self) -> None:
+        """Called by ``paddock serve`` when told to stop: every ingress refuses new requests from now on."""
+        self._state.drain()
+        self._notify()
+
+    def report_ingress(self, ingress_id: str, inflight: int) -> None:
+        self._state.report_ingress(ingress_id, inflight)
+
+    def drain_status(self) -> dict[str, int]:
+        return self._state.drain_status()
 
 
 @serve.deployment
@@ -185,6 +197,7 @@ class Ingress:
         except Exception as error:  # noqa: BLE001 - /ready says so until the registry answers
             log.warning("registry not reachable yet: %s", error)
         self._directory.start()
+        self._drain_follower = asyncio.create_task(self._follow_drain(registry))
         self._governor = None
         self._servers: list[tuple[Any, asyncio.Task[None]]] = []
         metrics = ServiceMetrics()
@@ -233,8 +246,22 @@ class Ingress:
         if self._task.done():
             raise RuntimeError("the ingress HTTP server stopped")
 
+    async def _follow_drain(self, registry: Any) -> None:
+        """Once the registry says the service drains: refuse new requests, and report what is still in flight."""
+        await self._directory.drain_requested.wait()
+        self._app.draining = True
+        me = serve.get_replica_context().replica_id.unique_id
+        log.info("draining: new requests are refused, %d in flight", self._app.inflight)
+        while True:
+            try:
+                await registry.report_ingress.remote(me, self._app.inflight)
+            except Exception as error:  # noqa: BLE001 - the driver then waits out its deadline
+                log.warning("reporting the drain failed: %s", error)
+            await asyncio.sleep(DRAIN_REPORT_INTERVAL_S)
+
     async def __del__(self) -> None:
         self._app.draining = True
+        self._drain_follower.cancel()
         await _drain(lambda: self._app.inflight, self._config.ingress.drain_timeout_s)
         await http.stop(self._server, self._task)
         for server in self._servers:

@@ -17,6 +17,7 @@ from service.config.settings import Settings
 
 log = logging.getLogger(__name__)
 APP_NAME = "paddock"
+DRAIN_POLL_S = 0.2
 _PATH_SETTINGS = (
     "state_dir",
     "governance_file",
@@ -84,23 +85,30 @@ def start_ray(config: ServiceConfig, settings: Settings) -> None:
     )
 
 
-def wait_ready(url: str, timeout_s: float) -> None:
+def wait_ready(url: str, timeout_s: float, stop: threading.Event | None = None) -> None:
+    """Until ``url``'s /ready answers 200 (every model with ``min_replicas`` >= 1 serving), or ``stop`` is set."""
+    stop = stop or threading.Event()
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stop.is_set():
         try:
             with urllib.request.urlopen(url + "/ready", timeout=2) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, OSError):
             pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url}/ready did not answer 200 within {timeout_s:.0f}s")
+        stop.wait(0.2)
+    if not stop.is_set():
+        raise TimeoutError(f"{url}/ready did not answer 200 within {timeout_s:.0f}s")
 
 
 def deploy(
-    config: ServiceConfig, settings: Settings, timeout_s: float = 900.0, after_ray: Callable[[], None] | None = None
+    config: ServiceConfig,
+    settings: Settings,
+    timeout_s: float = 900.0,
+    after_ray: Callable[[], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> str:
-    """Start Ray and the app; return the base URL once the ingress is ready.
+    """Start Ray and the app; return the base URL once the ingress is ready (or as soon as ``stop`` is set).
 
     ``after_ray`` runs once Ray is up: ``ray.init`` installs Ray's own SIGTERM handler (it aborts the
     driver, cutting every stream), so the caller re-installs its handlers there.
@@ -115,8 +123,35 @@ def deploy(
     serve.start(proxy_location="Disabled", http_options={"host": "127.0.0.1"})
     serve.run(build_app(config, settings), name=APP_NAME, route_prefix=None, blocking=False)
     url = f"http://{config.ingress.host}:{config.ingress.port}"
-    wait_ready(url, timeout_s)
+    wait_ready(url, timeout_s, stop)
     return url
+
+
+def drain(config: ServiceConfig, force: threading.Event) -> dict[str, int]:
+    """Make every ingress refuse new requests (503 with ``retry-after``), then wait for those in flight.
+
+    Waits up to ``ingress.drain_timeout_s``, or until ``force`` is set (a second signal). Returns the last
+    drain status: how many ingresses reported, and their requests still in flight.
+    """
+    from ray import serve
+
+    registry = serve.get_deployment_handle("Registry", app_name=APP_NAME)
+    registry.drain.remote().result(timeout_s=10)
+    deadline = time.monotonic() + config.ingress.drain_timeout_s
+    status = {"ingresses": 0, "inflight": 0}
+    announced = False
+    while not force.is_set() and time.monotonic() < deadline:
+        status = registry.drain_status.remote().result(timeout_s=5)
+        if status["ingresses"] >= config.ingress.replicas and status["inflight"] == 0:
+            break
+        if status["inflight"] and not announced:
+            print(
+                f"draining: waiting for {status['inflight']} request(s) in flight (a second signal stops now)…",
+                flush=True,
+            )
+            announced = True
+        force.wait(DRAIN_POLL_S)
+    return status
 
 
 def shutdown() -> None:
@@ -157,19 +192,35 @@ def serve_forever(config: ServiceConfig, settings: Settings) -> None:
     ``config`` already carries the settings' overrides (the CLI applies ``apply_settings``), so the URL
     printed is the one ``build_app`` serves.
     """
-    stop = threading.Event()
+    stop, force = threading.Event(), threading.Event()
+
+    def on_signal(*_: object) -> None:
+        (force if stop.is_set() else stop).set()
 
     def on_stop_signals() -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
+            signal.signal(sig, on_signal)
 
     on_stop_signals()
     try:
         governance = _prepare_governance(settings)
-        url = deploy(config, settings, after_ray=on_stop_signals)
-        print(f"Paddock is serving on {url}/v1 — models: {models_summary(config)}", flush=True)
-        print(governance.format(url=url, admin=f"http://{config.admin.host}:{config.admin.port}"), flush=True)
+        url = deploy(config, settings, after_ray=on_stop_signals, stop=stop)
+        if not stop.is_set():
+            print(f"Paddock is serving on {url}/v1 — models: {models_summary(config)}", flush=True)
+            print(governance.format(url=url, admin=f"http://{config.admin.host}:{config.admin.port}"), flush=True)
         stop.wait()
-        print("stopping Paddock…", flush=True)
+        print("stopping Paddock: refusing new requests…", flush=True)
+        _drain_quietly(config, force)
     finally:
         shutdown()
+
+
+def _drain_quietly(config: ServiceConfig, force: threading.Event) -> None:
+    started = time.monotonic()
+    try:
+        status = drain(config, force)
+    except Exception as error:  # noqa: BLE001 - an app that never started has nothing to drain
+        log.warning("draining failed (%s): stopping at once", error)
+        return
+    left = f", {status['inflight']} still in flight" if status["inflight"] else ""
+    print(f"drained in {time.monotonic() - started:.1f}s{left}", flush=True)

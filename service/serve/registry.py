@@ -6,6 +6,11 @@ a local :class:`RegistryDirectory` copy of the table, refreshed in the
 background, so that routing a request costs no Ray call. A replica that stops
 heartbeating drops out after ``ttl_s``; an ingress that cannot reach a replica
 stops using it at once.
+
+The registry also carries the service's drain: ``paddock serve``, told to stop,
+sets it (:meth:`RegistryState.drain`); every ingress sees it in its next answer,
+refuses new requests from then on, and reports its in-flight count back
+(:meth:`RegistryState.report_ingress`) until the driver sees none left.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ class RegistryState:
         self._entries: dict[str, tuple[Announcement, float]] = {}
         self._epoch = uuid.uuid4().hex[:12]  # a restarted registry never repeats a version
         self._version = 0
+        self.draining = False
+        self._ingresses: dict[str, tuple[int, float]] = {}  # while draining: ingress id -> (in flight, when)
 
     def heartbeat(self, announcement: Announcement, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
@@ -54,6 +61,21 @@ class RegistryState:
     def remove(self, replica_id: str) -> None:
         if self._entries.pop(replica_id, None) is not None:
             self._version += 1
+
+    def drain(self) -> None:
+        """From now on every ingress refuses new requests (its next snapshot says so)."""
+        if not self.draining:
+            self.draining = True
+            self._version += 1
+
+    def report_ingress(self, ingress_id: str, inflight: int, now: float | None = None) -> None:
+        self._ingresses[ingress_id] = (inflight, time.monotonic() if now is None else now)
+
+    def drain_status(self, now: float | None = None) -> dict[str, int]:
+        """How many ingresses reported within ``ttl_s`` while draining, and their requests still in flight."""
+        now = time.monotonic() if now is None else now
+        live = [inflight for inflight, seen in self._ingresses.values() if now - seen <= self._ttl_s]
+        return {"ingresses": len(live), "inflight": sum(live)}
 
     @property
     def version(self) -> str:
@@ -74,7 +96,7 @@ class RegistryState:
             table.setdefault(announcement.model_id, []).append(
                 {"replica_id": announcement.replica_id, "url": announcement.url, "artifact": announcement.artifact}
             )
-        return {"version": self.version, "models": table}
+        return {"version": self.version, "models": table, "draining": self.draining}
 
 
 class RegistryDirectory:
@@ -89,6 +111,7 @@ class RegistryDirectory:
         self._task: asyncio.Task[None] | None = None
         self._excluded: dict[str, float] = {}
         self.ready = False
+        self.drain_requested = asyncio.Event()  # set once the registry says the service is draining
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._poll_forever())
@@ -134,6 +157,8 @@ class RegistryDirectory:
         """Fetch the table; with ``wait_s``, the registry answers when it changes (long poll)."""
         snapshot = await self._registry.snapshot.remote(self._version, wait_s)
         self.ready = True
+        if snapshot.get("draining"):
+            self.drain_requested.set()
         if snapshot["version"] == self._version:
             return
         old = {e.replica_id: e for endpoints in self._table.values() for e in endpoints}

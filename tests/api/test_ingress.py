@@ -211,3 +211,18 @@ async def test_health_ready_and_models(stack) -> None:
     assert states == {"chat": "ready", "emb": "ready", "cold": "scaled_to_zero"}
     status, _, body = await call(base, "/v1/models/c")
     assert status == 200 and json.loads(body)["id"] == "chat"
+
+
+async def test_ready_waits_for_every_model_that_keeps_a_replica(stack) -> None:
+    """/ready: a serving replica of each model with min_replicas >= 1 (the scale-to-zero "cold" is excepted);
+    /-/healthz answers for the proxy alone, as Ray Serve's does."""
+    base, _, directory = stack
+    assert directory.table.get("cold", []) == [] and (await call(base, "/ready"))[0] == 200
+    chat = directory.table.pop("chat")
+    status, headers, body = await call(base, "/ready")
+    error = error_of(status, headers, body)
+    assert status == 503 and error["code"] == "service_unavailable"
+    assert "no replica serves chat yet" in error["message"] and "emb" not in error["message"]
+    assert (await call(base, "/-/healthz"))[0] == 200
+    directory.table["chat"] = chat
+    assert (await call(base, "/ready"))[0] == 200

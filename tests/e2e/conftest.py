@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,12 +172,14 @@ def serve_stack(
     state_dir: Path,
     environ: dict[str, str | None] | None = None,
     log_name: str | None = None,
+    on_start: Callable[[Stack], None] | None = None,
 ) -> Iterator[Stack]:
     """``paddock serve --config config_file`` with governance on and tracing off, in its own process group.
 
     ``ports`` are the API, admin and metrics ports the config names; ``state_dir`` holds the config and
     ``governance.yaml`` (``keys`` are its keys) and is removed at the end with the Ray directory made here. ``environ`` adds to (or, with a ``None`` value, removes from) the
-    environment; ``log_name`` keeps the stack's output in the temp directory after the stop.
+    environment; ``log_name`` keeps the stack's output in the temp directory after the stop; ``on_start`` is
+    called as soon as the process runs, before it is ready.
     """
     port, admin_port, metrics_port = ports
     ray_dir = Path(tempfile.mkdtemp(prefix="pd-ray-", dir="/tmp"))
@@ -222,6 +224,8 @@ def serve_stack(
     )
     threading.Thread(target=_pump, args=(process, stack.log), daemon=True).start()
     try:
+        if on_start is not None:
+            on_start(stack)
         _wait_ready(stack)
         yield stack
     finally:

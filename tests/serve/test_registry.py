@@ -97,3 +97,38 @@ async def test_directory_knows_the_artifact_each_replica_verified() -> None:
     await directory.refresh()
     assert directory.artifact("chat") is None  # replicas disagree: only each completed record can tell
     assert {e.replica_id: e.artifact for e in directory.endpoints("chat")}["r4"] == other
+
+
+# The drain: paddock serve sets it on the registry, each ingress sees it and reports what it still has in flight.
+
+
+def test_drain_changes_the_version_once_and_is_in_every_snapshot() -> None:
+    state = RegistryState()
+    before = state.snapshot()
+    assert before["draining"] is False
+    state.drain()
+    after = state.snapshot()
+    assert after["draining"] is True and after["version"] != before["version"]  # long polls answer at once
+    state.drain()
+    assert state.snapshot()["version"] == after["version"]
+
+
+def test_drain_status_counts_live_ingresses_and_their_requests() -> None:
+    state = RegistryState(ttl_s=5.0)
+    assert state.drain_status(now=100.0) == {"ingresses": 0, "inflight": 0}
+    state.report_ingress("i1", 3, now=100.0)
+    state.report_ingress("i2", 1, now=101.0)
+    assert state.drain_status(now=102.0) == {"ingresses": 2, "inflight": 4}
+    state.report_ingress("i1", 0, now=103.0)  # the latest report replaces the earlier one
+    assert state.drain_status(now=103.0) == {"ingresses": 2, "inflight": 1}
+    assert state.drain_status(now=106.5) == {"ingresses": 1, "inflight": 0}  # i2 went silent: it is gone
+
+
+async def test_the_directory_learns_of_the_drain() -> None:
+    state = RegistryState()
+    directory = RegistryDirectory(FakeRegistryHandle(state), {})
+    await directory.refresh()
+    assert not directory.drain_requested.is_set()
+    state.drain()
+    await directory.refresh()
+    assert directory.drain_requested.is_set()

@@ -36,7 +36,7 @@ def _ensure_twins() -> dict[str, Path]:
 ALLOWED_FIELDS = ["structured_outputs", "chat_template_kwargs"]
 
 
-def write_governance(path: Path) -> dict[str, str]:
+def write_governance(path: Path, allowed_fields: list[str] = ALLOWED_FIELDS) -> dict[str, str]:
     """One tenant for every twin, with a fresh key (named "acme", the Stack helpers' default)."""
     from service.governance.keys import hash_key, new_key
 
@@ -44,7 +44,7 @@ def write_governance(path: Path) -> dict[str, str]:
     tenant = {
         "id": "twins",
         "models": ["*"],
-        "parameters": {"allowed_fields": ALLOWED_FIELDS},
+        "parameters": {"allowed_fields": allowed_fields},
         "keys": [{"id": "key-twins", "hash": hash_key(key)}],
     }
     path.write_text(yaml.safe_dump({"version": 1, "tenants": [tenant]}, sort_keys=False))
