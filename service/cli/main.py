@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from service.cli import admin, audit, keys, models
+from service.cli import admin, audit, keys, models, node
 from service.cli.common import SettingsError, read_settings
 from service.config.loader import ConfigError, apply_settings, default_config_text, load_config
 from service.config.schema import ServiceConfig
@@ -88,6 +88,7 @@ def parser() -> argparse.ArgumentParser:
     admin.register(sub)
     audit.register(sub)
     models.register(sub)
+    node.register(sub)
     return root
 
 

@@ -5,6 +5,20 @@ Render-time checks that the schema cannot express.
 {{- if and (eq .Values.mode "standalone") (le (float64 .Values.terminationGracePeriodSeconds) (addf .Values.preStopSleepSeconds .Values.ingress.drain_timeout_s)) }}
 {{- fail (printf "terminationGracePeriodSeconds (%v) must exceed preStopSleepSeconds + ingress.drain_timeout_s (%v)" .Values.terminationGracePeriodSeconds (addf .Values.preStopSleepSeconds .Values.ingress.drain_timeout_s)) }}
 {{- end }}
+{{- if and (eq .Values.mode "rayservice") .Values.rayService.workerDrain.enabled }}
+{{- $drain := .Values.rayService.workerDrain }}
+{{- $deadline := int (include "paddock.workerDrainDeadline" .) }}
+{{- /* A model replica's graceful_shutdown_timeout_s (service/serve/builder.py model_options), the app's longest. */}}
+{{- $replicaStop := addf .Values.ingress.drain_timeout_s 15 }}
+{{- if lt (float64 $deadline) $replicaStop }}
+{{- fail (printf "rayService worker pods: terminationGracePeriodSeconds (%s) must be at least rayService.workerDrain.rayStopSeconds (%v) + ingress.drain_timeout_s + 15 (%v): the preStop's drain deadline (the grace period less rayStopSeconds: %d s) must leave a model replica its graceful shutdown (ingress.drain_timeout_s + 15 s); raise rayService.workerDrain.terminationGracePeriodSeconds (or terminationGracePeriodSeconds)" (include "paddock.workerGracePeriod" .) $drain.rayStopSeconds $replicaStop $deadline) }}
+{{- end }}
+{{- range .Values.extraEnv }}
+{{- if eq .name "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S" }}
+{{- fail "extraEnv: RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S is set by the chart on Ray workers from rayService.workerDrain.rayStopSeconds (it must fit the grace period after the preStop)" }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if and .Values.governance.enabled (eq .Values.governance.stateStore.type "redis") (not .Values.governance.stateStore.redis.url) }}
 {{- fail "governance.stateStore.redis.url is required when governance.stateStore.type is redis" }}
 {{- end }}
@@ -196,4 +210,19 @@ the Ray nodes that run an ingress replica (one per node).
 {{- end }}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/*
+The Ray worker pods' grace period: rayService.workerDrain.terminationGracePeriodSeconds, else terminationGracePeriodSeconds.
+*/}}
+{{- define "paddock.workerGracePeriod" -}}
+{{- $own := .Values.rayService.workerDrain.terminationGracePeriodSeconds }}
+{{- kindIs "invalid" $own | ternary .Values.terminationGracePeriodSeconds $own | int }}
+{{- end }}
+
+{{/*
+The worker preStop's drain deadline (paddock node drain --deadline-s): the grace period less what Ray's own stop keeps.
+*/}}
+{{- define "paddock.workerDrainDeadline" -}}
+{{- sub (int (include "paddock.workerGracePeriod" .)) (int .Values.rayService.workerDrain.rayStopSeconds) }}
 {{- end }}
