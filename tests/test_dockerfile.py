@@ -120,3 +120,39 @@ def test_the_chart_seeds_its_cache_from_where_the_demo_prepares_models():
     assert cache_dir
     helpers = (ROOT / "helm" / "paddock" / "templates" / "_pods.tpl").read_text()
     assert f'{{{{- define "paddock.imageCacheDir" -}}}}{cache_dir.group(1)}{{{{- end }}}}' in helpers
+
+
+def _run_instructions(stage: str) -> list[str]:
+    """The RUN instructions of a stage's text, continuation lines joined."""
+    joined = re.sub(r"\\\n", " ", stage)
+    return [line for line in joined.splitlines() if line.startswith("RUN ")]
+
+
+def test_runtime_has_a_c_compiler_for_cuda_only():
+    """Triton compiles its CUDA launcher with `cc` and Python.h at run time, so the CUDA runtime
+    image needs gcc, libc6-dev and the Python headers; the CPU image stays without a compiler.
+    ENGINE is read by the runtime stage's RUN, so the stage must declare it first (an ARG does
+    not cross stages: undeclared, the compiler would silently never be installed)."""
+    text = DOCKERFILE.read_text()
+    runtime_base = text[text.index("AS runtime-base\n") : text.index("FROM runtime-base AS demo")]
+    compiler_runs = [run for run in _run_instructions(runtime_base) if re.search(r"\bgcc\b", run)]
+    assert len(compiler_runs) == 1, compiler_runs
+    run = compiler_runs[0]
+    joined = re.sub(r"\\\n", " ", runtime_base)
+    arg = re.search(r"^ARG ENGINE=cpu$", joined, re.MULTILINE)
+    assert arg and arg.start() < joined.index(run), "runtime-base reads ENGINE before declaring it"
+    guarded = re.search(
+        r'if \[ "\$\{ENGINE\}" = cuda \]; then\s+DEBIAN_FRONTEND=noninteractive apt-get install -y '
+        r"--no-install-recommends gcc libc6-dev\b(?P<body>.*?)\bfi\s+&& apt-get clean\b",
+        run,
+    )
+    assert guarded, "gcc and libc6-dev must be installed only under ENGINE=cuda"
+    assert "libpython3.11-dev" in guarded.group("body") and "Python.h" in guarded.group("body")
+    # Outside that guard, nothing installs a compiler, in any stage.
+    outside = run.replace(guarded.group(0), "")
+    for other in [outside] + [r for r in _run_instructions(text) if r != run]:
+        assert not re.search(r"\b(gcc|g\+\+|clang|build-essential|libc6-dev)\b", other), other
+    # The build's smoke test exercises that compiler the way Triton does.
+    script = (ROOT / "scripts" / "build-image.sh").read_text()
+    assert 'if [ "$ENGINE" = cuda ]; then\n        run python -c "$smoke_cuda"' in script
+    assert "compile_module_from_src(" in script and "nvdriver.CudaUtils()" in script
