@@ -79,7 +79,12 @@ def build_app(config: ServiceConfig, settings: Settings | None = None) -> Applic
     approval = config.approval.model_dump(mode="json")
     models = {
         model.id: ModelServer.options(**model_options(model, ingress.drain_timeout_s)).bind(  # type: ignore[attr-defined]
-            model.model_dump(mode="json"), token, registry, int(ingress.max_body_bytes), approval
+            model.model_dump(mode="json"),
+            token,
+            registry,
+            int(ingress.max_body_bytes),
+            approval,
+            ingress.drain_timeout_s,
         )
         for model in config.models
     }

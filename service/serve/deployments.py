@@ -112,17 +112,28 @@ class ModelServer:
     """
 
     async def __init__(  # type: ignore[misc]  # Ray Serve awaits an async __init__
-        self, model: dict[str, Any], token: str, registry: Any, max_body_bytes: int, approval: dict[str, Any]
+        self,
+        model: dict[str, Any],
+        token: str,
+        registry: Any,
+        max_body_bytes: int,
+        approval: dict[str, Any],
+        drain_timeout_s: float = 30.0,
     ) -> None:
         settings = Settings()
         configure_logging(settings.log_level, settings.log_format)
         self._model = ModelConfig.model_validate(model)
         self._registry = registry
+        self._drain_timeout_s = drain_timeout_s  # ingress.drain_timeout_s: streams in flight at a stop may finish
         self._replica_id = serve.get_replica_context().replica_id.unique_id
         started = time.monotonic()
         path = await asyncio.to_thread(resolve, self._model, settings.cache_dir, log.info)
         self._artifact = await _approved(self._model, path, ApprovalConfig.model_validate(approval), settings)
         from service.engine.vllm_engine import VLLMEngine  # only model replicas load vLLM
+        from service.serve.reaper import Reaper
+
+        self._reaper = Reaper()  # the engine's processes die with this replica, even a SIGKILLed one
+        self._reaper.start()
 
         self._tracing = build_tracing(settings.tracing, os.environ, "replica")
         otlp = (otlp_traces_endpoint(os.environ), otlp_protocol(os.environ)) if self._tracing else None
@@ -174,9 +185,10 @@ class ModelServer:
             await self._registry.remove.remote(self._replica_id)
         except Exception as error:  # noqa: BLE001 - best effort: the entry expires anyway
             log.warning("deregistering failed: %s", error)
-        await _drain(lambda: self._app.inflight, 30.0)
+        await _drain(lambda: self._app.inflight, self._drain_timeout_s)
         await http.stop(self._server, self._task)
         await self._engine.shutdown()
+        await asyncio.to_thread(self._reaper.stop)  # the engine stopped its processes itself
         if self._tracing is not None:
             self._tracing.shutdown()
 

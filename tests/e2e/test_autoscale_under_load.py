@@ -41,14 +41,14 @@ def scaling_stack() -> Iterator[Stack]:
         "max_replicas": 2,
         "target_ongoing_requests": TARGET,
         "upscale_delay_s": 1,
-        "downscale_delay_s": 5,
+        "downscale_delay_s": 2,
     }
     port, admin_port, metrics_port = ports = free_port(), free_port(), free_port()
     state_dir = Path(tempfile.mkdtemp(prefix="pd-state-", dir="/tmp"))
     keys = write_governance(state_dir / "governance.yaml", [*ALLOWED_FIELDS, "ignore_eos"])
     config = {
         "models": [entry],
-        "ingress": {"port": port, "cpus": 0.25},
+        "ingress": {"port": port, "cpus": 0.25, "drain_timeout_s": 120},  # a removed replica's stream may finish
         "admin": {"port": admin_port},
         "metrics": {"port": metrics_port},
     }
@@ -125,7 +125,7 @@ def test_a_load_step_adds_a_replica_and_its_end_removes_one_without_a_cut(scalin
 
     # The end of the load: two long streams, one on each replica (the ingress picks the less busy one).
     # In flight, 2 / target 2 = one replica's worth: Ray removes one while its stream runs.
-    body = long_stream(MODEL, 400)
+    body = long_stream(MODEL, 600)  # seconds of tokens on any host: still running when a replica goes
     streams = [Stream(stack, body), Stream(stack, body)]
     threads = []
     for stream in streams:
