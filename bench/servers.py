@@ -130,7 +130,8 @@ def governance_for_bench(state_dir: Path) -> tuple[Path, str]:
     return path, key
 
 
-def start_paddock(config_path: Path, log_dir: Path) -> Server:
+def start_paddock(config_path: Path, log_dir: Path, extra_env: dict[str, str] | None = None) -> Server:
+    """Start ``paddock serve``; ``extra_env`` overrides its environment (e.g. ``PADDOCK_RAY_METRICS_PORT``)."""
     port, admin_port = free_port(), free_port()
     ray_dir = Path(tempfile.mkdtemp(prefix="pd-bench-ray-", dir="/tmp"))
     governance, key = governance_for_bench(ray_dir / "state")
@@ -144,6 +145,7 @@ def start_paddock(config_path: Path, log_dir: Path) -> Server:
         "PADDOCK_RAY_TEMP_DIR": str(ray_dir),
         "PADDOCK_STATE_DIR": str(ray_dir / "state"),
         "PADDOCK_GOVERNANCE_FILE": str(governance),
+        **(extra_env or {}),
     }
     argv = [str(ROOT / ".venv/bin/paddock"), "serve", "--config", str(config_path)]
     process, log_path = _spawn("paddock", argv, env, log_dir)

@@ -1,6 +1,7 @@
 """Choosing a replica of a model and forwarding one request to it, with retries.
 
-A replica that cannot be reached before it answered is reported to the
+The replica is chosen by the model's ``routing`` (``service.api.routing``): by prompt prefix,
+bounded by load, or least loaded. A replica that cannot be reached before it answered is reported to the
 directory and another one is tried (up to three); a model with no replica
 ready is woken (scale from zero) within the ingress's wake timeout. From the
 moment forwarding starts until the answer is relayed — while a model wakes,
@@ -15,16 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-from collections.abc import Iterable, Sequence
-from typing import Protocol
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 from service.api.asgi import Receive, until_disconnect, wait_disconnect
 from service.api.context import Exchange
+from service.api.routing import pick, pick_for_prefix, prefix_key
 from service.api.upstream import Endpoint, RelayState, Upstream, UpstreamUnreachable, read_error, relay
 from service.config.schema import ModelConfig
 from service.protocol import errors
 from service.protocol.errors import Disconnected
+from service.protocol.routes import ROUTES
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +44,12 @@ class Directory(Protocol):
     def report_unreachable(self, model_id: str, endpoint: Endpoint) -> None: ...
 
 
-def pick(endpoints: Sequence[Endpoint]) -> Endpoint:
-    """Power of two choices on this ingress's own in-flight counts."""
-    if len(endpoints) == 1:
-        return endpoints[0]
-    first, second = random.sample(list(endpoints), 2)
-    return first if first.inflight <= second.inflight else second
+def routing_key(model: ModelConfig, path: str, request: Mapping[str, Any] | None) -> int | None:
+    """The request's prefix key when ``model`` routes by prefix (``service.api.routing``); ``None``: least loaded."""
+    if request is None or model.routing_policy != "prefix":
+        return None
+    route = ROUTES.get(path)
+    return prefix_key(route.operation, request) if route is not None else None
 
 
 class _Watch:
@@ -113,14 +115,18 @@ class Forwarder:
         headers: Iterable[tuple[str, str]],
         state: RelayState,
         stop: asyncio.Future[BaseException] | None = None,
+        *,
+        request: Mapping[str, Any] | None = None,
     ) -> None:
         """Forward ``ctx``'s request to a replica of ``model`` and relay its answer (errors as ``APIError``).
 
         ``state.sent`` tells the request's owner whether a replica had the request (for what to charge).
+        ``request`` is the parsed body, read only to route by prompt prefix (``model.routing_policy``).
         """
+        key = routing_key(model, ctx.path, request)
         watch = _Watch(ctx.receive, stop)
         try:
-            await self._attempts(ctx, model, body, headers, state, watch.ended)
+            await self._attempts(ctx, model, body, headers, state, watch.ended, key)
         finally:
             watch.close()
 
@@ -132,13 +138,14 @@ class Forwarder:
         headers: Iterable[tuple[str, str]],
         state: RelayState,
         ended: asyncio.Future[BaseException],
+        key: int | None = None,
     ) -> None:
         tried: set[str] = set()
         for _ in range(3):
             candidates = [e for e in await self._endpoints(model, ended) if e.replica_id not in tried]
             if not candidates:
                 break
-            endpoint = pick(candidates)
+            endpoint = pick(candidates) if key is None else pick_for_prefix(key, candidates)
             endpoint.inflight += 1
             state.sent, state.artifact = True, endpoint.artifact
             try:

@@ -262,15 +262,15 @@ class IngressApp:
         obs = ctx.obs
         ctx.client = self.client_address(ctx.scope)
         if self._governor is None:
-            body, model, _ = await self._decide(ctx, None)
-            await self._counted(ctx, self._ungoverned(ctx, model, body))
+            body, request, model, _ = await self._decide(ctx, None)
+            await self._counted(ctx, self._ungoverned(ctx, model, body, request))
             return
         # The intake stays open until the request has ended: anything that fails after admission and before
         # _governed closed the ticket is closed by the intake's exit (lifecycle.Intake), so no path keeps a lease.
         async with self._governor.intake(ctx.request_id, ctx.path, ctx.client) as intake:
             span = self._tracing.child("governance", obs.span) if self._tracing and obs.span else None
             try:
-                _, _, ticket = await self._decide(ctx, intake)
+                _, _, _, ticket = await self._decide(ctx, intake)
             finally:
                 if span is not None:
                     span.set_attributes({"paddock.tenant": obs.tenant, "paddock.decision": obs.decision})
@@ -299,20 +299,22 @@ class IngressApp:
         if self.draining:
             raise errors.unavailable("Paddock is shutting down; retry on another instance.")
 
-    async def _decide(self, ctx: RequestContext, intake: Intake | None) -> tuple[bytes, ModelConfig, Ticket | None]:
-        """The request to forward: its body, model and (when governed, inside its ``intake``) its ticket."""
+    async def _decide(
+        self, ctx: RequestContext, intake: Intake | None
+    ) -> tuple[bytes, dict[str, Any], ModelConfig, Ticket | None]:
+        """The request to forward: its body, parsed body, model and (when governed, inside its ``intake``) ticket."""
         limit = int(self._config.ingress.max_body_bytes)
         self._door(ctx)
         if intake is None:
             body = await read_body(ctx.scope, ctx.receive, limit)
             request, model = self._parse(ctx, body, self._names.get)
-            return body, model, None
+            return body, request, model, None
         principal = await intake.authenticate(credential(ctx.scope, ROUTES[ctx.path].dialect))
         ctx.obs.tenant = principal.tenant.id
         body = await read_body(ctx.scope, ctx.receive, limit)
         request, model = self._parse(ctx, body, intake.resolve)
         ticket = await self._admit(ctx, intake, model, request)
-        return body, model, ticket
+        return body, request, model, ticket
 
     async def _admit(self, ctx: RequestContext, intake: Intake, model: ModelConfig, request: dict[str, Any]) -> Ticket:
         ticket = await intake.admit(model, request, finish_reasons=ctx.obs.span is not None)
@@ -340,13 +342,15 @@ class IngressApp:
             ctx.obs.span.set_attributes({"gen_ai.request.model": name, **request_attributes(request)})
         return request, model
 
-    async def _ungoverned(self, ctx: RequestContext, model: ModelConfig, body: bytes) -> None:
+    async def _ungoverned(self, ctx: RequestContext, model: ModelConfig, body: bytes, request: dict[str, Any]) -> None:
         dialect = ROUTES[ctx.path].dialect
         if ctx.obs.span is None:
-            await self._forwarder.forward(ctx, model, body, ctx.headers, RelayState(dialect=dialect))
+            state = RelayState(dialect=dialect)
+            await self._forwarder.forward(ctx, model, body, ctx.headers, state, request=request)
             return
         tap = UsageTap(False, finish_reasons=True)  # traced: read usage and finish reasons off the response
-        await self._forwarder.forward(ctx, model, body, ctx.headers, RelayState(hooks=(tap,), dialect=dialect))
+        state = RelayState(hooks=(tap,), dialect=dialect)
+        await self._forwarder.forward(ctx, model, body, ctx.headers, state, request=request)
         observe_tap(ctx.obs, tap)
 
     async def _governed(self, ctx: RequestContext, ticket: Ticket) -> None:
@@ -361,7 +365,7 @@ class IngressApp:
                 ctx.forwarded[SPECIAL_TOKENS_HEADER] = "allow"
             body = json.dumps(shaped.body).encode()
             headers = [*ctx.headers, *ticket.headers.items()]
-            work = self._forwarder.forward(ctx, ticket.model, body, headers, state, ticket.stop)
+            work = self._forwarder.forward(ctx, ticket.model, body, headers, state, ticket.stop, request=shaped.body)
             await self._counted(ctx, ticket.run(work))
         except errors.APIError as error:
             failed = error.status  # the audit's status unless the 200 already went out

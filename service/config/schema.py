@@ -282,6 +282,12 @@ class ModelConfig(StrictModel):
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
     resources: Resources = Field(default_factory=Resources)
     max_ongoing_requests: int = Field(default=256, ge=1)
+    routing: Literal["prefix", "least_loaded"] | None = Field(
+        default=None,
+        description="How the ingress picks a replica: `prefix` sends requests that share a prompt prefix to the "
+        "same replica (vLLM's prefix cache), bounded by load; `least_loaded` is power of two choices on in-flight "
+        "requests. Unset: least_loaded (prefix is opt-in until a real model shows its TTFT gain: docs/models.md).",
+    )
     approval: ApprovalPolicy | None = Field(
         default=None, description="This model's approval policy; unset: the service's approval.policy."
     )
@@ -326,9 +332,20 @@ class ModelConfig(StrictModel):
             raise ValueError("set enforce_eager or engine_args.enforce_eager, not both")
         return self
 
+    @model_validator(mode="after")
+    def _prefix_routing_generates(self) -> ModelConfig:
+        if self.routing == "prefix" and self.task == "embed":
+            raise ValueError("routing: prefix needs a KV cache to reuse; an embed model has none (use least_loaded)")
+        return self
+
     @property
     def names(self) -> tuple[str, ...]:
         return (self.id, *self.aliases)
+
+    @property
+    def routing_policy(self) -> Literal["prefix", "least_loaded"]:
+        """The routing in force: the field, else least_loaded."""
+        return self.routing or "least_loaded"
 
 
 class IngressConfig(StrictModel):

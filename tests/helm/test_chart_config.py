@@ -96,6 +96,20 @@ def test_both_modes_render_the_same_service_config(tmp_path: Path) -> None:
     assert [m.resources.tensor_parallel_size for m in serve_config.models] == [2, 1]
 
 
+def test_a_models_routing_reaches_the_service_config(tmp_path: Path) -> None:
+    """The chart's model schema knows `routing` (it refuses unknown keys) and passes it through."""
+    values = tmp_path / "values.yaml"
+    scenario = yaml.safe_load((CHART / "ci" / "rayservice-gpu-values.yaml").read_text())
+    scenario["models"][0]["routing"] = "prefix"
+    values.write_text(yaml.safe_dump(scenario))
+    ray = parse("ray", helm_template([values]).stdout)
+    config = load(tmp_path, ray.one("RayService")["spec"]["serveConfigV2"], "a.yaml")
+    assert [m.routing_policy for m in config.models] == ["prefix", "least_loaded"]
+    scenario["models"][0]["routing"] = "round_robin"
+    values.write_text(yaml.safe_dump(scenario))
+    assert helm_template([values], check=False).returncode != 0
+
+
 def test_values_the_schema_allows_but_the_service_refuses_fail_in_the_loader(tmp_path: Path) -> None:
     """The chart schema mirrors the service schema's shape; cross-field rules stay the service's."""
     model = (
