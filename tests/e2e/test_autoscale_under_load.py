@@ -8,6 +8,7 @@ requests in flight per replica, and short delays so that each step takes seconds
 
 from __future__ import annotations
 
+import re
 import tempfile
 import threading
 import time
@@ -92,6 +93,13 @@ def inflight(stack: Stack, url: str) -> int:
     return int(stack.replica_status(url)["inflight"])  # type: ignore[call-overload]
 
 
+def start_time(stack: Stack, url: str) -> float:
+    """How long the replica at ``url`` took to start, by its own log line (from its __init__ to announced)."""
+    pattern = re.compile(rf"model {re.escape(MODEL)} replica \S+ ready at {re.escape(url)} in ([0-9.]+)s")
+    [seconds] = [float(m.group(1)) for line in list(stack.log) for m in [pattern.search(line)] if m]
+    return seconds
+
+
 def wait_for(condition: object, timeout_s: float, what: str) -> float:
     """Poll ``condition()`` every 0.1 s; return when it first held (monotonic time)."""
     deadline = time.monotonic() + timeout_s
@@ -116,9 +124,12 @@ def test_a_load_step_adds_a_replica_and_its_end_removes_one_without_a_cut(scalin
         routed = wait_for(lambda: inflight(stack, second) > 0, 30, "a request on the new replica")
     finally:
         load.stop()
+    own_start = start_time(stack, second)
     print(
-        f"load step -> second replica announced: {announced - step:.1f}s; "
-        f"announced -> first request on it: {routed - announced:.2f}s; {len(load.streams)} streams"
+        f"load step -> second replica announced: {announced - step:.1f}s, of which its own start (__init__: "
+        f"model files, engine, HTTP server) {own_start:.1f}s and the rest Ray's decision and worker start "
+        f"{announced - step - own_start:.1f}s; announced -> first request on it: {routed - announced:.2f}s; "
+        f"{len(load.streams)} streams"
     )
     assert routed - announced < 5.0  # the ingress's long poll hears of it at once; the load cycles every few s
     assert [s.problem() for s in load.streams if s.problem()] == []  # scaling up cut nothing
