@@ -28,6 +28,7 @@ test-e2e: install
 bench: prepare
 	bash scripts/install-tools.sh
 	$(PY) -m bench.governance
+	$(PY) -m bench.prefix_routing
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 # The container image, built with buildah (no Docker engine): docs/container-image.md.
