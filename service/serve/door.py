@@ -35,13 +35,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from asyncio import TimerHandle
 from typing import Any, ClassVar
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from service.api.asgi import Message, Receive, Scope, Send
+from service.api.asgi import REQUEST_ID_HEADER, Message, Receive, Scope, Send
 from service.config.settings import DEFAULT_DOOR, DoorLimits
 from service.protocol import errors
 
@@ -50,12 +51,16 @@ _WARN_EVERY_S = 10.0
 
 
 def raw_response(error: errors.APIError) -> bytes:
-    """``error`` as a whole HTTP/1.1 response that closes the connection."""
+    """``error`` as a whole HTTP/1.1 response that closes the connection.
+
+    It carries a new ``x-request-id``, as every answer of the API does: the door refuses before any request
+    was parsed, so there is no client id to echo, but a client can still quote the refusal."""
     body = error.body()
     head = [
         STATUS_LINE[error.status],
         b"content-type: application/json\r\n",
         b"content-length: %d\r\n" % len(body),
+        b"%s: %s\r\n" % (REQUEST_ID_HEADER.encode(), uuid.uuid4().hex.encode()),
         b"connection: close\r\n",
         *(f"{name}: {value}\r\n".encode("latin-1") for name, value in error.headers.items()),
         b"\r\n",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from pathlib import Path
 
@@ -62,6 +63,7 @@ async def test_a_2_mib_header_is_431_and_the_connection_ends(stack, port) -> Non
     answer = await exchange(stack.port(port), data)
     assert answer.status == 431 and answer.closed
     assert answer.error()["code"] == "request_header_fields_too_large"
+    assert re.fullmatch("[0-9a-f]{32}", answer.headers["x-request-id"])  # a refusal the client can quote
     await still_serves(stack)
 
 
@@ -100,6 +102,7 @@ async def test_headers_dripped_a_byte_at_a_time_get_408_after_the_header_timeout
         dripping.cancel()
         writer.close()
     assert answer.status == 408 and answer.closed and answer.error()["code"] == "request_timeout"
+    assert re.fullmatch("[0-9a-f]{32}", answer.headers["x-request-id"])
     assert LIMITS.header_timeout_s - 0.1 <= answer.elapsed_s < LIMITS.header_timeout_s + 1.5
 
 
