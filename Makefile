@@ -29,6 +29,7 @@ bench: prepare
 	bash scripts/install-tools.sh
 	$(PY) -m bench.governance
 	$(PY) -m bench.prefix_routing
+	$(PY) -m bench.scale_up
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 # The container image, built with buildah (no Docker engine): docs/container-image.md.
