@@ -375,6 +375,8 @@ class IngressApp:
             raise
         finally:
             status = state.status or failed or CLIENT_CLOSED
+            if state.cut and ticket.outcome == "ok":  # a 200 whose body the replica never finished
+                ticket.outcome = "error"
             usage = await ticket.close(status, state.started, reached_engine=state.sent, artifact=state.artifact)
             if usage is not None:
                 ctx.obs.usage = (usage.prompt_tokens, usage.completion_tokens)

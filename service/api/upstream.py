@@ -117,6 +117,7 @@ class RelayState:
     artifact: str | None = None  # the artifact digest of the replica it was sent to (for the audit record)
     sse: bool = False
     ended: bool = False
+    cut: bool = False  # the replica failed after the 200 went out: the body ended early (in band for streams)
     dialect: Dialect = "openai"  # how an error that ends the stream in band is worded
 
 
@@ -149,6 +150,7 @@ async def _relay_body(response: aiohttp.ClientResponse, send: Send, state: Relay
         if hooks and (rest := _finish(hooks)):
             await send({"type": "http.response.body", "body": rest, "more_body": True})
     except (TimeoutError, aiohttp.ClientError):
+        state.cut = True  # the request's owner records an error, though the status was 200
         if state.sse:  # the 200 is gone: end the stream in band, as OpenAI clients expect
             error = internal("The model replica failed while streaming; the response is incomplete.")
             event = in_dialect(error, state.dialect).sse_event()

@@ -43,7 +43,8 @@ CHAT_PATH, COMPLETIONS_PATH = "/v1/chat/completions", "/v1/completions"
 
 class Replica:
     """Answers with usage like vLLM. ``metadata`` (chat) or ``user`` (completions) steer it: ``delay`` seconds
-    before the answer, ``fail`` an error status instead of one. It counts the requests it saw and the ones
+    before the answer, ``fail`` an error status instead of one, ``die_mid_stream`` a stream cut after its first
+    event. It counts the requests it saw and the ones
     cancelled under it (the ingress closed the connection: what makes a real replica abort the engine)."""
 
     def __init__(self) -> None:
@@ -61,6 +62,14 @@ class Replica:
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
+        if steer.get("die_mid_stream"):  # a replica that dies after the 200: one event, then the connection drops
+            response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write(b'data: {"choices": [{"index": 0, "delta": {"content": "Pa"}}]}\n\n')
+            await asyncio.sleep(0.2)  # the event reaches the ingress before the connection drops
+            assert request.transport is not None
+            request.transport.abort()
+            return response
         if "fail" in steer:
             status = int(steer["fail"])
             error = {"error": {"message": "engine failed", "type": "server_error", "param": None, "code": None}}
@@ -350,6 +359,22 @@ async def test_a_replica_that_sends_nothing_is_given_up_on_with_a_504_and_no_ret
     assert stack.replica.requests == 1  # never retried on another replica: the first one had it
     record = stack.completed("r-hung")
     assert (record["outcome"], record["status"], record["charged_by"]) == ("error", 504, "prompt")
+    assert (await post(stack.base, stack.keys["solo"], CHAT))[0] == 200
+
+
+async def test_a_stream_the_replica_cut_ends_in_band_and_is_recorded_as_an_error(stack: Stack) -> None:
+    """The 200 went out, then the replica died (a lost node): the client gets an error event and [DONE], and
+    the audit record says `error`, not `ok` (it said ok, with status 200, before)."""
+    body = {**CHAT, "stream": True, "metadata": {"die_mid_stream": "1"}}
+    headers = {"authorization": f"Bearer {stack.keys['solo']}", "x-request-id": "r-cut"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(stack.base + CHAT_PATH, json=body, headers=headers) as response:
+            assert response.status == 200
+            events = [line for line in (await response.text()).splitlines() if line.startswith("data:")]
+    assert events[0].endswith('"Pa"}}]}') and '"error"' in events[-2] and events[-1] == "data: [DONE]", events
+    record = stack.completed("r-cut")
+    assert (record["outcome"], record["status"]) == ("error", 200)
+    assert not stack.governor.active  # its lease was released
     assert (await post(stack.base, stack.keys["solo"], CHAT))[0] == 200
 
 

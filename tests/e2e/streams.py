@@ -32,6 +32,7 @@ class Stream:
 
     stack: Stack
     body: dict[str, Any]
+    key: str = "acme"  # the stack's key to send it with
     first_token: threading.Event = field(default_factory=threading.Event)
     events: list[str] = field(default_factory=list)
     started_at: float = 0.0
@@ -47,7 +48,7 @@ class Stream:
         self.started_at = time.monotonic()
         try:
             with (
-                self.stack.http(timeout=httpx.Timeout(300, connect=10)) as http,
+                self.stack.http(self.key, timeout=httpx.Timeout(300, connect=10)) as http,
                 http.stream("POST", "/v1/chat/completions", json=self.body) as response,
             ):
                 if response.status_code != 200:
