@@ -180,6 +180,9 @@ class ModelServer:
         await self._engine.check_health()
 
     async def __del__(self) -> None:
+        if not hasattr(self, "_heartbeat"):  # stopped while it started (a scale-down before it was ready)
+            log.info("a model replica stopped before it was ready: its reaper ends what its engine started")
+            return  # it never announced itself, so it serves nothing; its process ends next
         self._heartbeat.cancel()
         try:
             await self._registry.remove.remote(self._replica_id)
