@@ -37,12 +37,15 @@ def scaling_stack() -> Iterator[Stack]:
     entry = twins.model_entry(twins.TWINS["mistral"], twins.make_twin("mistral"))
     entry["id"] = MODEL
     entry.pop("tool_call_parser", None)
+    entry["max_model_len"] = 2048  # room for streams that outlast the scale-down
     entry["autoscaling"] = {
         "min_replicas": 1,
         "max_replicas": 2,
         "target_ongoing_requests": TARGET,
         "upscale_delay_s": 1,
-        "downscale_delay_s": 2,
+        # Long enough that the load's own gaps never read as its end: at 2 s, a quiet host removed the starting
+        # replica again within seconds, over and over (CI, 2026-12-03).
+        "downscale_delay_s": 10,
     }
     port, admin_port, metrics_port = ports = free_port(), free_port(), free_port()
     state_dir = Path(tempfile.mkdtemp(prefix="pd-state-", dir="/tmp"))
@@ -136,7 +139,7 @@ def test_a_load_step_adds_a_replica_and_its_end_removes_one_without_a_cut(scalin
 
     # The end of the load: two long streams, one on each replica (the ingress picks the less busy one).
     # In flight, 2 / target 2 = one replica's worth: Ray removes one while its stream runs.
-    body = long_stream(MODEL, 600)  # seconds of tokens on any host: still running when a replica goes
+    body = long_stream(MODEL, 1500)  # seconds of tokens on any host: still running when a replica goes
     streams = [Stream(stack, body), Stream(stack, body)]
     threads = []
     for stream in streams:
