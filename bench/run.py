@@ -230,16 +230,14 @@ def bench_config(args: argparse.Namespace) -> Path:
     """The Paddock config file to benchmark (written into the output folder unless given)."""
     if args.config is not None:
         return args.config
-    from service.config.loader import default_config, default_config_text
+    from service.config.loader import default_config_text
 
     config_path = args.out / "paddock.yaml"
     data = yaml.safe_load(default_config_text())
     if args.tiny:
-        from bench.tiny_model import make_tiny_llama
+        from bench.tiny_model import prepared_tiny_llama
 
-        cache = ROOT / ".cache" / "paddock"
-        smollm2 = resolve(default_config().model_by_name()["smollm2-135m-instruct"], cache, print)
-        tiny = make_tiny_llama(cache / "bench-tiny-llama", smollm2)
+        tiny = prepared_tiny_llama(ROOT)
         data["models"][0] = {
             "id": TINY_ID,
             "source": {"path": str(tiny)},

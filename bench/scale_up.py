@@ -163,13 +163,9 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    from bench.tiny_model import make_tiny_llama
-    from service.config.loader import default_config
-    from service.models.sources import resolve
+    from bench.tiny_model import prepared_tiny_llama
 
-    cache = ROOT / ".cache" / "paddock"
-    smollm2 = resolve(default_config().model_by_name()["smollm2-135m-instruct"], cache, print)
-    tiny = make_tiny_llama(cache / "bench-tiny-llama", smollm2)
+    tiny = prepared_tiny_llama(ROOT)
     started = time.monotonic()
     server = start_paddock(write_config(args, tiny), args.out, {"PADDOCK_INTERNAL_TOKEN": INTERNAL_TOKEN})
     try:

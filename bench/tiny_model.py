@@ -46,3 +46,13 @@ def make_tiny_llama(target: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
             shutil.copy2(tokenizer_dir / name, staging / name)
     staging.rename(target)
     return target
+
+
+def prepared_tiny_llama(root: Path) -> Path:
+    """The tiny model in ``root``'s model cache (``.cache/paddock``), made once from SmolLM2's tokenizer."""
+    from service.config.loader import default_config
+    from service.models.sources import resolve
+
+    cache = root / ".cache" / "paddock"
+    smollm2 = resolve(default_config().model_by_name()["smollm2-135m-instruct"], cache, print)
+    return make_tiny_llama(cache / "bench-tiny-llama", smollm2)
