@@ -39,6 +39,13 @@ CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
 
 GUARDED_SYSTEM_PROMPT = "Policy 7731: answer only about the weather."
+# A greedy question SmolLM2 answers with "Paris": the tests that wait for a replacement replica ask it.
+CAPITAL_QUESTION = {
+    "model": CHAT,
+    "temperature": 0,
+    "max_tokens": 20,
+    "messages": [{"role": "user", "content": "What is the capital of France?"}],
+}
 
 # Tenants of the e2e governance file; each key name maps to (tenant, entry fields).
 TENANTS = [

@@ -13,6 +13,8 @@ from urllib.parse import urlparse
 
 import psutil
 
+from tests.e2e.conftest import CAPITAL_QUESTION
+
 CHAT = "smollm2-135m-instruct"
 
 
@@ -53,15 +55,7 @@ def test_killed_engine_ends_stream_in_band_and_replica_is_replaced(stack) -> Non
             assert time.monotonic() < deadline, "the chat replica was not replaced"
             urls = stack.replica_urls(CHAT)
             if len(urls) > 1:
-                reply = http.post(
-                    "/v1/chat/completions",
-                    json={
-                        "model": CHAT,
-                        "temperature": 0,
-                        "max_tokens": 20,
-                        "messages": [{"role": "user", "content": "What is the capital of France?"}],
-                    },
-                )
+                reply = http.post("/v1/chat/completions", json=CAPITAL_QUESTION)
                 if reply.status_code == 200:
                     assert "Paris" in reply.json()["choices"][0]["message"]["content"]
                     break

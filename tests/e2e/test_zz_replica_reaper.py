@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from harness.ports import free_port
-from tests.e2e.conftest import CHAT, CONFIG, Stack, serve_stack, write_governance
+from tests.e2e.conftest import CAPITAL_QUESTION, CHAT, CONFIG, Stack, serve_stack, write_governance
 
 pytestmark = pytest.mark.e2e
 
@@ -114,15 +114,7 @@ def test_sigkilled_replica_worker_takes_its_engine_processes(reaped_stack: Stack
         while True:
             assert time.monotonic() < deadline, "the chat replica was not replaced"
             if len(stack.replica_urls(CHAT)) > 1:
-                reply = http.post(
-                    "/v1/chat/completions",
-                    json={
-                        "model": CHAT,
-                        "temperature": 0,
-                        "max_tokens": 20,
-                        "messages": [{"role": "user", "content": "What is the capital of France?"}],
-                    },
-                )
+                reply = http.post("/v1/chat/completions", json=CAPITAL_QUESTION)
                 if reply.status_code == 200:
                     assert "Paris" in reply.json()["choices"][0]["message"]["content"]
                     break
